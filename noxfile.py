@@ -1,0 +1,80 @@
+"""Sessions: ``nox -s tests`` (one run per backend), ``reference``, ``lint``, ``typecheck``.
+
+Each ``tests(<backend>)`` session installs only that backend, plus PyTorch as the reference the
+gradients are checked against, and sets ``PORTABLE_MLP_BACKEND`` so a missing backend is an
+error rather than a silent skip. Set ``PIP_CONSTRAINT`` to pin a torch build (CI does).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import nox
+
+nox.options.sessions = ["tests", "reference", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+TEST_DEPS = nox.project.dependency_groups(PYPROJECT, "test")
+BACKEND_PACKAGES = {
+    "numpy": [],
+    "array_api_strict": ["array-api-strict"],
+    "torch": [],  # already there as the reference
+    "jax": ["jax"],
+    "cupy": ["cupy-cuda12x"],
+}
+
+
+def _has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    return subprocess.run([smi, "-L"], capture_output=True, check=False).returncode == 0
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKEND_PACKAGES))
+def tests(session: nox.Session, backend: str) -> None:
+    """The test suite on one backend."""
+    if backend == "cupy" and not _has_nvidia_gpu():
+        session.skip(
+            "cupy: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu-check.sh on one"
+        )
+    session.install("-e", ".", *TEST_DEPS, *BACKEND_PACKAGES[backend])
+    session.run(
+        "pytest",
+        "--ignore=tests/reference",
+        *session.posargs,
+        env={"PORTABLE_MLP_BACKEND": backend},
+    )
+
+
+@nox.session
+def reference(session: nox.Session) -> None:
+    """The seed's functional API against TensorFlow/Keras gradients, both layouts."""
+    session.install("-e", ".", *TEST_DEPS, "tensorflow-cpu", "keras")
+    session.run(
+        "pytest",
+        "tests/reference",
+        *session.posargs,
+        env={
+            "PORTABLE_MLP_BACKEND": "numpy",
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        },
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests and scripts."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) over src/."""
+    session.install("-e", ".", "mypy")
+    session.run("mypy")

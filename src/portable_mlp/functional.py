@@ -1,0 +1,286 @@
+"""The math of every layer and loss, as pure functions of arrays.
+
+Each forward function sits beside its backward. They touch arrays only through the namespace
+``xp`` (pass it to skip the lookup; ``None`` resolves it from the arrays), create nothing without
+the input's dtype and device, and never read a value back to the host. Shapes follow the seed
+notebook: ``x: (n, p_in)``, ``W: (p_in, p_out)``, ``b: (p_out,)``.
+
+The seed's "Function Implementation" is here too, as :func:`forward` and :func:`backward`: ReLU
+hidden layers, a sigmoid output, mean binary cross-entropy, no bias, in either weight layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, Literal
+
+from ._backend import namespace_of
+
+Array = Any
+Reduction = Literal["mean", "sum"]
+Layout = Literal["rows", "columns"]
+
+_GELU_C = math.sqrt(2.0 / math.pi)  # a Python float: it keeps float32 arrays float32 (NEP 50)
+_GELU_K = 0.044715
+
+
+def _ns(xp: ModuleType | None, *arrays: Array) -> ModuleType:
+    return namespace_of(*arrays) if xp is None else xp
+
+
+# ---------------------------------------------------------------------------- linear
+def linear(x: Array, W: Array, b: Array | None = None, *, xp: ModuleType | None = None) -> Array:
+    """``y = x W + b``.  x: (n, p_in), W: (p_in, p_out), b: (p_out,) -> y: (n, p_out)."""
+    y = x @ W  # (n, p_out) = (n, p_in) (p_in, p_out)
+    return y if b is None else y + b
+
+
+def linear_backward(
+    dy: Array,
+    x: Array,
+    W: Array,
+    *,
+    bias: bool,
+    input_grad: bool = True,
+    xp: ModuleType | None = None,
+) -> tuple[Array | None, Array, Array | None]:
+    """Gradients of :func:`linear`: ``(dx, dW, db)``; ``dx`` is ``None`` if not asked for.
+
+    dy: (n, p_out), x: (n, p_in), W: (p_in, p_out).
+    """
+    xp = _ns(xp, dy)
+    dW = xp.matrix_transpose(x) @ dy  # (p_in, p_out) = (p_in, n) (n, p_out)
+    db = xp.sum(dy, axis=0) if bias else None  # (p_out,)
+    dx = dy @ xp.matrix_transpose(W) if input_grad else None  # (n, p_in) = (n, p_out) (p_out, p_in)
+    return dx, dW, db
+
+
+# ---------------------------------------------------------------------------- activations
+def relu(x: Array, *, xp: ModuleType | None = None) -> Array:
+    """``max(x, 0)``, elementwise."""
+    return _ns(xp, x).maximum(x, 0.0)
+
+
+def relu_backward(dy: Array, y: Array, *, xp: ModuleType | None = None) -> Array:
+    """Gradient of :func:`relu` from its output ``y``; 0 at the kink, as in PyTorch."""
+    return _ns(xp, dy).where(y > 0, dy, 0.0)
+
+
+def leaky_relu(x: Array, negative_slope: float, *, xp: ModuleType | None = None) -> Array:
+    """``x`` where positive, ``negative_slope * x`` elsewhere."""
+    return _ns(xp, x).where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_backward(
+    dy: Array, x: Array, negative_slope: float, *, xp: ModuleType | None = None
+) -> Array:
+    """Gradient of :func:`leaky_relu` from its input ``x`` (slope at 0, as in PyTorch)."""
+    return _ns(xp, dy).where(x > 0, dy, negative_slope * dy)
+
+
+def sigmoid(z: Array, *, xp: ModuleType | None = None) -> Array:
+    """``1 / (1 + exp(-z))`` without overflow: only ``exp(-|z|) <= 1`` is ever taken."""
+    xp = _ns(xp, z)
+    e = xp.exp(-xp.abs(z))
+    s = 1.0 / (1.0 + e)  # sigmoid(|z|)
+    return xp.where(z >= 0, s, e * s)  # sigmoid(-|z|) = e / (1 + e)
+
+
+def sigmoid_backward(dy: Array, y: Array, *, xp: ModuleType | None = None) -> Array:
+    """Gradient of :func:`sigmoid` from its output ``y``: ``dy * y * (1 - y)``."""
+    return dy * y * (1.0 - y)
+
+
+def tanh(x: Array, *, xp: ModuleType | None = None) -> Array:
+    """Hyperbolic tangent, elementwise."""
+    return _ns(xp, x).tanh(x)
+
+
+def tanh_backward(dy: Array, y: Array, *, xp: ModuleType | None = None) -> Array:
+    """Gradient of :func:`tanh` from its output ``y``: ``dy * (1 - y**2)``."""
+    return dy * (1.0 - y * y)
+
+
+def gelu(x: Array, *, xp: ModuleType | None = None) -> Array:
+    """GELU, tanh approximation (``erf`` is not in the array API standard)."""
+    xp = _ns(xp, x)
+    return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + _GELU_K * x * x * x)))
+
+
+def gelu_backward(dy: Array, x: Array, *, xp: ModuleType | None = None) -> Array:
+    """Gradient of :func:`gelu` from its input ``x``."""
+    xp = _ns(xp, x)
+    x2 = x * x
+    t = xp.tanh(_GELU_C * (x + _GELU_K * x2 * x))
+    du = _GELU_C * (1.0 + 3.0 * _GELU_K * x2)
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+# ---------------------------------------------------------------------------- softmax
+def log_softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
+    """``log(softmax(z))`` along the last axis, shifted by the max so nothing overflows."""
+    xp = _ns(xp, z)
+    s = z - xp.max(z, axis=-1, keepdims=True)  # every entry <= 0, the largest exactly 0
+    return s - xp.log(xp.sum(xp.exp(s), axis=-1, keepdims=True))
+
+
+def softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
+    """Softmax along the last axis (SciPy's four-line stable form)."""
+    xp = _ns(xp, z)
+    e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+def one_hot(labels: Array, k: int, dtype: Any, *, xp: ModuleType | None = None) -> Array:
+    """(n,) integer labels -> (n, k) one-hot rows of ``dtype``; labels outside [0, k): 0 rows."""
+    xp = _ns(xp, labels)
+    classes = xp.arange(k, dtype=labels.dtype, device=labels.device)
+    return xp.astype(labels[:, None] == classes, dtype)
+
+
+# ---------------------------------------------------------------------------- losses
+def _scale(reduction: Reduction, size: int) -> float:
+    return 1.0 / size if reduction == "mean" else 1.0
+
+
+def _reduce(per_element: Array, reduction: Reduction, *, xp: ModuleType) -> Array:
+    total = xp.sum(per_element)
+    return total / math.prod(per_element.shape) if reduction == "mean" else total
+
+
+def bce_with_logits(
+    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """Binary cross-entropy of sigmoid(z) against targets y in [0, 1], from the logits z.
+
+    ``max(z, 0) - z y + log1p(exp(-|z|))``: only ``exp`` of a non-positive number is taken,
+    so logits of +-1e4 give finite, correct values. (The seed's final form took ``exp`` of
+    ``max(z, 0)`` and overflowed.)  z, y: (n, k) -> 0-d.
+    """
+    xp = _ns(xp, z)
+    per_element = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+    return _reduce(per_element, reduction, xp=xp)
+
+
+def bce_with_logits_backward(
+    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """dL/dz of :func:`bce_with_logits`: ``(sigmoid(z) - y) / N`` for the mean over N elements.
+
+    Written so that no result is a difference of two nearly equal numbers: for z >= 0,
+    ``sigmoid(z) - y = (1 - y) - sigmoid(-z)``, so y = 1, z = 30 gives -9.4e-14, not 0.
+    """
+    xp = _ns(xp, z)
+    e = xp.exp(-xp.abs(z))
+    tail = e / (1.0 + e)  # sigmoid(-|z|), accurate however small
+    dz = xp.where(z >= 0, (1.0 - y) - tail, tail - y)
+    return dz * _scale(reduction, math.prod(z.shape))
+
+
+def cross_entropy(
+    logp: Array, target: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """Cross-entropy of log-probabilities logp: (n, k) against one-hot rows target: (n, k).
+
+    Averaged over the n rows, as ``torch.nn.CrossEntropyLoss`` does.
+    """
+    xp = _ns(xp, logp)
+    total = -xp.sum(target * logp)
+    return total / logp.shape[0] if reduction == "mean" else total
+
+
+def cross_entropy_backward(
+    logp: Array, target: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """dL/dz of the cross-entropy of ``log_softmax(z)``: ``(softmax(z) - target) / n``."""
+    xp = _ns(xp, logp)
+    return (xp.exp(logp) - target) * _scale(reduction, logp.shape[0])
+
+
+def mse(
+    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """Squared error over all elements: mean (or sum) of ``(z - y)**2``."""
+    xp = _ns(xp, z)
+    d = z - y
+    return _reduce(d * d, reduction, xp=xp)
+
+
+def mse_backward(
+    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+) -> Array:
+    """dL/dz of :func:`mse`: ``2 (z - y) / N``."""
+    return (z - y) * (2.0 * _scale(reduction, math.prod(z.shape)))
+
+
+# ---------------------------------------------------------------------------- the seed's MLP
+class ForwardCache(list[tuple[Array, Array, Array]]):
+    """What :func:`forward` keeps for :func:`backward`: ``(A_prev, W, Z)`` per layer, and layout."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__()
+        self.layout: Layout = layout
+
+
+def forward(
+    X: Array, weights: Sequence[Array], layout: Layout = "rows"
+) -> tuple[Array, ForwardCache]:
+    """The seed's functional MLP: ReLU hidden layers, sigmoid output, no bias.
+
+    ``layout="rows"``: X (n, p), weights (p_in, p_out), A (n, 1); examples are rows.
+    ``layout="columns"``: X (p, n), weights (p_out, p_in), A (1, n); examples are columns.
+    Returns the output probabilities ``A`` and the cache of ``(A_prev, W, Z)`` per layer.
+    """
+    if layout not in ("rows", "columns"):
+        raise ValueError(f"layout must be 'rows' or 'columns', got {layout!r}")
+    if not weights:
+        raise ValueError("forward() needs at least one weight matrix")
+    xp = namespace_of(X, *weights)
+    rows = layout == "rows"
+    A = X
+    cache = ForwardCache(layout)
+    for i, W in enumerate(weights):
+        fan_in = W.shape[0] if rows else W.shape[1]
+        width = A.shape[1] if rows else A.shape[0]
+        if A.ndim != 2 or W.ndim != 2 or width != fan_in:
+            raise ValueError(
+                f"layer {i} ({layout} layout) expected an input with {fan_in} features along "
+                f"axis {1 if rows else 0}, got shape {tuple(A.shape)} for weights {tuple(W.shape)}"
+            )
+        Z = A @ W if rows else W @ A  # rows: (n, p_out); columns: (p_out, n)
+        cache.append((A, W, Z))
+        A = sigmoid(Z, xp=xp) if i == len(weights) - 1 else relu(Z, xp=xp)
+    return A, cache
+
+
+def backward(A: Array, y: Array, cache: ForwardCache) -> list[Array]:
+    """Gradients of the mean binary cross-entropy of :func:`forward`'s output, one dW per layer.
+
+    ``A`` and ``y`` are (n, 1) in the rows layout, (1, n) in the columns layout; each dW comes
+    back in the layout (and shape) of its W. Unlike the seed, the 1/n of the mean is applied
+    once, to dL/dZ of the output, so every intermediate gradient is the true one.
+    """
+    xp = namespace_of(A, y)
+    if tuple(A.shape) != tuple(y.shape):
+        raise ValueError(
+            f"backward() expected y with the shape of A {tuple(A.shape)}, got {tuple(y.shape)}"
+        )
+    rows = cache.layout == "rows"
+    n = A.shape[0] if rows else A.shape[1]
+    dZ = (A - xp.astype(y, A.dtype)) * (1.0 / n)  # mean BCE of sigmoid(Z): dL/dZ = (A - y) / n
+    grads = []
+    for i in range(len(cache) - 1, -1, -1):
+        A_prev, W, Z = cache[i]
+        if i < len(cache) - 1:
+            dZ = relu_backward(dZ, Z, xp=xp)  # ReLU's output is > 0 exactly where Z is
+        if rows:
+            grads.append(xp.matrix_transpose(A_prev) @ dZ)  # (p_in, p_out) = (p_in, n) (n, p_out)
+            if i:
+                dZ = dZ @ xp.matrix_transpose(W)  # (n, p_in) = (n, p_out) (p_out, p_in)
+        else:
+            grads.append(dZ @ xp.matrix_transpose(A_prev))  # (p_out, p_in) = (p_out, n) (n, p_in)
+            if i:
+                dZ = xp.matrix_transpose(W) @ dZ  # (p_in, n) = (p_in, p_out) (p_out, n)
+    return grads[::-1]

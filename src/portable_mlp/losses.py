@@ -1,0 +1,162 @@
+"""Losses with the definitions and reductions of their PyTorch namesakes.
+
+``L = loss.forward(z, y)`` returns a 0-d array and keeps what ``dz = loss.backward()`` needs;
+``dz`` is the true gradient of ``L`` (the 1/n of a mean lives here, not in the layers).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from . import functional as F
+from ._backend import device, dtype_name, namespace_of
+
+Array = Any
+_REDUCTIONS = ("mean", "sum")
+
+
+class Loss:
+    """Base class: ``forward(z, y) -> 0-d array``, ``backward() -> dL/dz``."""
+
+    def __init__(self, reduction: F.Reduction = "mean") -> None:
+        self._labels = False
+        if reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}"
+            )
+        self.reduction: F.Reduction = reduction
+        self._cache: tuple[Array, Array, ModuleType] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+    def forward(self, z: Array, y: Array) -> Array:
+        """The loss of logits (or predictions) ``z: (n, k)`` against targets ``y``."""
+        xp = namespace_of(z, y)
+        self._check_logits(z, y, xp)
+        return self._forward(z, self._prepare_target(z, y, xp), xp)
+
+    __call__ = forward
+
+    def backward(self) -> Array:
+        """dL/dz for the last :meth:`forward`, shape (n, k)."""
+        if self._cache is None:
+            raise RuntimeError(
+                f"{self!r}.backward() called before forward() (or twice for one forward)"
+            )
+        a, b, xp = self._cache
+        self._cache = None
+        return self._backward(a, b, xp)
+
+    def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        raise NotImplementedError
+
+    def _backward(self, a: Array, b: Array, xp: ModuleType) -> Array:
+        raise NotImplementedError
+
+    def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
+        """Check ``y`` against ``z`` and return the target array the math uses."""
+        self._check_same_shape(z, y)
+        return self._float_target(z, y, xp, integers_ok=False)
+
+    def _check_logits(self, z: Array, y: Array, xp: ModuleType) -> None:
+        if z.ndim != 2:
+            raise ValueError(f"{self!r} expected z of shape (n, k), got {tuple(z.shape)}")
+        if not xp.isdtype(z.dtype, "real floating"):
+            raise TypeError(f"{self!r} expected floating z, got {dtype_name(z.dtype)}")
+        if device(y) != device(z):
+            raise ValueError(
+                f"{self!r} expected y on the device of z ({device(z)}), got {device(y)}"
+            )
+
+    def _check_same_shape(self, z: Array, y: Array) -> None:
+        if tuple(y.shape) != tuple(z.shape):
+            raise ValueError(
+                f"{self!r} expected y with the shape of z {tuple(z.shape)}, got {tuple(y.shape)}"
+            )
+
+    def _float_target(self, z: Array, y: Array, xp: ModuleType, *, integers_ok: bool) -> Array:
+        if y.dtype == z.dtype:
+            return y
+        if integers_ok and xp.isdtype(y.dtype, ("integral", "bool")):
+            return xp.astype(y, z.dtype)  # 0/1 labels as numbers: exact in any float dtype
+        raise TypeError(
+            f"{self!r} expected y with the dtype of z ({dtype_name(z.dtype)}), got "
+            f"{dtype_name(y.dtype)}; cast it explicitly"
+        )
+
+
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits ``z: (n, k)`` with targets ``y: (n, k)`` in [0, 1].
+
+    Integer or boolean 0/1 targets are accepted and converted to ``z``'s dtype.
+    """
+
+    def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
+        self._check_same_shape(z, y)
+        return self._float_target(z, y, xp, integers_ok=True)
+
+    def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        self._cache = (z, target, xp)
+        return F.bce_with_logits(z, target, reduction=self.reduction, xp=xp)
+
+    def _backward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        return F.bce_with_logits_backward(z, target, reduction=self.reduction, xp=xp)
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy on logits ``z: (n, k)``.
+
+    ``y`` is either integer class labels ``(n,)`` in ``[0, k)`` or class probabilities ``(n, k)``
+    of ``z``'s dtype, as in ``torch.nn.CrossEntropyLoss``. A label outside ``[0, k)`` makes the
+    loss NaN instead of raising: checking would read the labels back from the device on every
+    call. (``MLPClassifier`` checks its labels once, up front.)
+    """
+
+    def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
+        self._labels = y.ndim == 1
+        if self._labels:
+            if not xp.isdtype(y.dtype, "integral"):
+                raise TypeError(
+                    f"{self!r} expected integer class labels of shape (n,), got "
+                    f"{dtype_name(y.dtype)}; for class probabilities pass y of shape (n, k)"
+                )
+            if y.shape[0] != z.shape[0]:
+                raise ValueError(
+                    f"{self!r} expected {z.shape[0]} labels (one per row of z), got {y.shape[0]}"
+                )
+            return F.one_hot(y, z.shape[1], z.dtype, xp=xp)
+        self._check_same_shape(z, y)
+        return self._float_target(z, y, xp, integers_ok=False)
+
+    def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        logp = F.log_softmax(z, xp=xp)
+        self._cache = (logp, target, xp)
+        loss = F.cross_entropy(logp, target, reduction=self.reduction, xp=xp)
+        if not self._labels:
+            return loss
+        # The one-hot row of an out-of-range label is all zero: poison the loss, never drop it.
+        labelled = xp.all(xp.sum(target, axis=-1) > 0)
+        return xp.where(labelled, loss, float("nan"))
+
+    def _backward(self, logp: Array, target: Array, xp: ModuleType) -> Array:
+        return F.cross_entropy_backward(logp, target, reduction=self.reduction, xp=xp)
+
+
+class MSELoss(Loss):
+    """Mean (or summed) squared error over all elements; ``y`` has ``z``'s shape and dtype."""
+
+    def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        self._cache = (z, target, xp)
+        return F.mse(z, target, reduction=self.reduction, xp=xp)
+
+    def _backward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        return F.mse_backward(z, target, reduction=self.reduction, xp=xp)
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "bce_with_logits": BCEWithLogitsLoss,
+    "cross_entropy": CrossEntropyLoss,
+    "mse": MSELoss,
+}

@@ -1,0 +1,262 @@
+"""Checking hand-written gradients: finite differences and PyTorch autograd, on any backend.
+
+:func:`gradcheck` compares a model's backward with two-sided finite differences. Perturbed values
+are built on the host and moved to the parameters' backend and device, so it works the same on
+immutable arrays (JAX) as on mutable ones and never edits an array in place.
+
+:func:`torch_reference` recomputes a model and loss with PyTorch autograd in float64 on the CPU,
+from the very same parameter values, and :func:`parity` reports the relative error of every
+gradient against it. These are test tools: they read values back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._backend import dtype_name, from_numpy, namespace_of, to_float, to_numpy
+from .layers import Module
+from .losses import Loss
+
+Array = Any
+
+
+class GradcheckError(AssertionError):
+    """Hand-written gradients disagree with finite differences."""
+
+
+@dataclass
+class GradcheckResult:
+    """Per array (``"input"`` and each parameter name): the max relative error found."""
+
+    errors: dict[str, float] = field(default_factory=dict)
+    tol: float = 0.0
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_error <= self.tol
+
+    def __str__(self) -> str:
+        rows = ", ".join(f"{k}: {v:.2e}" for k, v in self.errors.items())
+        return f"gradcheck {'passed' if self.passed else 'FAILED'} (tol {self.tol:.0e}): {rows}"
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max|actual - expected| / max|expected|`` (the absolute error where ``expected`` is 0)."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shapes differ: {actual.shape} vs {expected.shape}")
+    if actual.size == 0:
+        return 0.0
+    diff = float(np.max(np.abs(actual - expected)))
+    scale = float(np.max(np.abs(expected)))
+    return diff / scale if scale > 0 else diff
+
+
+def gradcheck(
+    model: Module,
+    x: Array,
+    y: Array | None = None,
+    loss: Loss | None = None,
+    *,
+    eps: float = 1e-6,
+    tol: float = 1e-6,
+    input_grad: bool = True,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> GradcheckResult:
+    """Compare ``model``'s backward (and ``loss``'s) with central finite differences.
+
+    The scalar checked is ``loss.forward(model.forward(x), y)``; without a loss it is
+    ``sum(model.forward(x) * R)`` for a fixed random ``R``, so ``backward(R)`` is its gradient.
+    Every parameter and (with ``input_grad``) the input are checked, element by element, with a
+    step of ``eps * max(1, |value|)``. Needs float64: in float32 the differences are noise.
+    """
+    xp = namespace_of(x)
+    if dtype_name(x.dtype) != "float64":
+        raise TypeError(
+            f"gradcheck needs float64 inputs (finite differences in {dtype_name(x.dtype)} are "
+            "dominated by rounding); build the model with dtype='float64'"
+        )
+    if (y is None) != (loss is None):
+        raise ValueError("gradcheck takes y and loss together, or neither")
+
+    out = model.forward(x)
+    if loss is None:
+        R = from_numpy(
+            np.random.default_rng(seed).normal(size=tuple(out.shape)),
+            xp=xp,
+            dtype=out.dtype,
+            device=x.device,
+        )
+
+        def scalar(x_: Array) -> float:
+            return to_float(xp.sum(model.forward(x_, cache=False) * R))
+
+        dx = model.backward(R)
+    else:
+
+        def scalar(x_: Array) -> float:
+            return to_float(loss.forward(model.forward(x_, cache=False), y))
+
+        loss.forward(out, y)
+        dx = model.backward(loss.backward())
+
+    analytic = {name: to_numpy(g) for name, g in model.gradients().items()}
+    params = model.parameters()
+    result = GradcheckResult(tol=tol)
+    for name, value in params.items():
+
+        def with_value(v: np.ndarray, name: str = name, like: Array = value) -> float:
+            model.set_parameters(
+                {**params, name: from_numpy(v, xp=xp, dtype=like.dtype, device=like.device)}
+            )
+            return scalar(x)
+
+        numeric = _central_differences(with_value, to_numpy(value), eps)
+        model.set_parameters(params)
+        result.errors[name] = relative_error(analytic[name], numeric)
+    if input_grad:
+        numeric = _central_differences(
+            lambda v: scalar(from_numpy(v, xp=xp, dtype=x.dtype, device=x.device)), to_numpy(x), eps
+        )
+        result.errors["input"] = relative_error(to_numpy(dx), numeric)
+    if raise_on_failure and not result.passed:
+        raise GradcheckError(f"{model!r}: {result}")
+    return result
+
+
+def _central_differences(
+    f: Callable[[np.ndarray], float], value: np.ndarray, eps: float
+) -> np.ndarray:
+    grad = np.empty_like(value, dtype=np.float64)
+    for idx in np.ndindex(value.shape):
+        h = eps * max(1.0, abs(float(value[idx])))
+        original = value[idx]
+        value[idx] = original + h
+        plus = f(value.copy())
+        value[idx] = original - h
+        minus = f(value.copy())
+        value[idx] = original
+        grad[idx] = (plus - minus) / (2 * h)
+    return grad
+
+
+# ---------------------------------------------------------------------------- PyTorch autograd
+def torch_reference(
+    model: Module,
+    x: Array,
+    y: Array | None = None,
+    loss: Loss | None = None,
+    dy: Array | None = None,
+) -> dict[str, np.ndarray]:
+    """The loss (or output), every parameter gradient and the input gradient by torch autograd.
+
+    Computed in float64 on the CPU from ``model``'s current parameters (whatever their backend
+    and dtype), with torch's own functions for every activation and loss. Without ``loss``, the
+    scalar is ``sum(model(x) * dy)``. Keys: ``"loss"`` (or ``"output"``), ``"input"`` and the
+    keys of ``model.parameters()``.
+    """
+    import torch
+
+    def t(a: Array, requires_grad: bool = False) -> Any:
+        return torch.tensor(to_numpy(a), dtype=torch.float64, requires_grad=requires_grad)
+
+    params = {k: t(v, True) for k, v in model.parameters().items()}
+    x_t = t(x, True)
+    out = _torch_forward(model, x_t, params, prefix="")
+    if loss is None:
+        if dy is None:
+            raise ValueError("torch_reference needs dy (the upstream gradient) when loss is None")
+        value = torch.sum(out * t(dy))
+        key = "output"
+    else:
+        if y is None:
+            raise ValueError("torch_reference needs y with loss")
+        value = _torch_loss(loss, out, to_numpy(y))
+        key = "loss"
+    value.backward()  # type: ignore[no-untyped-call]
+    result = {key: value.detach().numpy(), "input": x_t.grad.numpy()}
+    result.update({k: p.grad.numpy() for k, p in params.items()})
+    return result
+
+
+def _torch_forward(module: Module, x: Any, params: dict[str, Any], prefix: str) -> Any:
+    import torch
+    import torch.nn.functional as tF
+
+    from . import layers as L
+
+    if isinstance(module, L.Sequential):
+        for i, layer in enumerate(module.layers):
+            x = _torch_forward(layer, x, params, f"{prefix}{i}.")
+        return x
+    if isinstance(module, L.Linear):
+        W, b = params[prefix + "weight"], params.get(prefix + "bias")
+        return tF.linear(x, W.T, b)  # torch keeps (p_out, p_in); ours is (p_in, p_out)
+    simple: dict[type, Callable[[Any], Any]] = {
+        L.ReLU: torch.relu,
+        L.Sigmoid: torch.sigmoid,
+        L.Tanh: torch.tanh,
+        L.Identity: lambda v: v,
+        L.GELU: lambda v: tF.gelu(v, approximate="tanh"),
+    }
+    if isinstance(module, L.LeakyReLU):
+        return tF.leaky_relu(x, module.negative_slope)
+    if type(module) in simple:
+        return simple[type(module)](x)
+    raise TypeError(f"no PyTorch reference for {module!r}")
+
+
+def _torch_loss(loss: Loss, z: Any, y: np.ndarray) -> Any:
+    import torch
+    import torch.nn.functional as tF
+
+    from . import losses as Ls
+
+    if isinstance(loss, Ls.BCEWithLogitsLoss):
+        return tF.binary_cross_entropy_with_logits(
+            z, torch.tensor(y, dtype=torch.float64), reduction=loss.reduction
+        )
+    if isinstance(loss, Ls.CrossEntropyLoss):
+        target = torch.tensor(y, dtype=torch.int64 if y.ndim == 1 else torch.float64)
+        return tF.cross_entropy(z, target, reduction=loss.reduction)
+    if isinstance(loss, Ls.MSELoss):
+        return tF.mse_loss(z, torch.tensor(y, dtype=torch.float64), reduction=loss.reduction)
+    raise TypeError(f"no PyTorch reference for {loss!r}")
+
+
+def parity(
+    model: Module,
+    x: Array,
+    y: Array | None = None,
+    loss: Loss | None = None,
+    dy: Array | None = None,
+) -> dict[str, float]:
+    """Relative error of ``model``'s (and ``loss``'s) value and gradients against torch autograd.
+
+    Runs forward and backward once, then :func:`torch_reference` on the same values.
+    Keys: ``"loss"``/``"output"``, ``"input"`` and each parameter name.
+    """
+    out = model.forward(x)
+    if loss is None:
+        if dy is None:
+            raise ValueError("parity needs dy (the upstream gradient) when loss is None")
+        value = namespace_of(out).sum(out * dy)
+        dx = model.backward(dy)
+        key = "output"
+    else:
+        value = loss.forward(out, y)
+        dx = model.backward(loss.backward())
+        key = "loss"
+    ours = {key: to_numpy(value), "input": to_numpy(dx)}
+    ours.update({k: to_numpy(g) for k, g in model.gradients().items()})
+    ref = torch_reference(model, x, y, loss, dy)
+    return {k: relative_error(ours[k], ref[k]) for k in ref}
