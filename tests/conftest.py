@@ -149,12 +149,20 @@ def assert_close(
     assert err <= limit, f"{what}: relative error {err:.3e} > {limit:.0e}"
 
 
-def randomize(model: Any, case: Case, dtype: str, seed: int = 1) -> None:
-    """Give every parameter (biases included, which start at zero) random values."""
+def randomize(
+    model: Any, case: Case, dtype: str, seed: int = 1, *, biases_only: bool = False
+) -> None:
+    """Give every parameter (or only the biases, which start at zero) N(0, 1) values.
+
+    N(0, 1) weights in a deep, wide stack make logits of thousands, and saturated losses then
+    cancel to gradients that are zero up to rounding: use ``biases_only`` there.
+    """
     rng = np.random.default_rng(seed)
     model.set_parameters(
         {
             k: case.array(rng.normal(size=tuple(v.shape)), dtype)
+            if not biases_only or k.endswith("bias")
+            else v
             for k, v in model.parameters().items()
         }
     )

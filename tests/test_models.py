@@ -210,7 +210,7 @@ def test_random_architectures_match_torch(
     rng = np.random.default_rng(seed)
     model = pm.MLP(widths, activation, bias=bias, rng=seed, **case.model_kwargs(dtype))
     if bias:
-        randomize(model, case, dtype, seed)
+        randomize(model, case, dtype, seed, biases_only=True)
     x = case.array(rng.normal(size=(n, widths[0])), dtype)
     y = _target(case, loss_name, LOSS_TARGETS[loss_name](rng, n, widths[-1]), dtype)
     errors = parity(model, x, y, pm.losses.LOSSES[loss_name]())

@@ -5,7 +5,7 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import functional, init, losses
+from . import checkpoints, datasets, functional, init, losses, optim
 from ._backend import (
     BACKENDS,
     BackendError,
@@ -14,6 +14,14 @@ from ._backend import (
     namespace,
     namespace_of,
     to_numpy,
+)
+from .checkpoints import CheckpointError, load, save
+from .estimator import (
+    ConvergenceWarning,
+    MLPClassifier,
+    MLPRegressor,
+    NotFittedError,
+    TrainingError,
 )
 from .layers import (
     GELU,
@@ -29,6 +37,7 @@ from .layers import (
     from_config,
 )
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
 from .testing import GradcheckError, GradcheckResult, gradcheck
 
 __version__ = "0.1.0"
@@ -37,8 +46,14 @@ __all__ = [
     "BACKENDS",
     "GELU",
     "MLP",
+    "SGD",
+    "Adam",
+    "AdamW",
     "BCEWithLogitsLoss",
     "BackendError",
+    "CheckpointError",
+    "ConvergenceWarning",
+    "CosineAnnealingLR",
     "CrossEntropyLoss",
     "GradcheckError",
     "GradcheckResult",
@@ -46,20 +61,31 @@ __all__ = [
     "LeakyReLU",
     "Linear",
     "Loss",
+    "MLPClassifier",
+    "MLPRegressor",
     "MSELoss",
     "Module",
+    "NotFittedError",
     "ReLU",
     "Sequential",
     "Sigmoid",
+    "StepLR",
     "Tanh",
+    "TrainingError",
     "asarray",
+    "checkpoints",
+    "clip_grad_norm",
+    "datasets",
     "from_config",
     "functional",
     "gradcheck",
     "init",
     "installed_backends",
+    "load",
     "losses",
     "namespace",
     "namespace_of",
+    "optim",
+    "save",
     "to_numpy",
 ]

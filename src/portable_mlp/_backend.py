@@ -8,6 +8,7 @@ the parameters they meet. Each backend quirk handled here carries a comment sayi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from types import ModuleType
@@ -327,6 +328,24 @@ def asarray(data: Any, *, like: Any, dtype: Any = None) -> Any:
     else:
         raise TypeError(f"asarray() expected numeric data, got dtype {host.dtype}")
     return from_numpy(host, xp=xp, dtype=dtype, device=dev)
+
+
+def floating_point_errors_checked_by_caller(
+    xp: ModuleType,
+) -> contextlib.AbstractContextManager[Any]:
+    """Silence NumPy's overflow/invalid warnings where the caller checks finiteness itself.
+
+    NumPy (and array-api-strict, built on it) warn on every overflow of a diverging run; the
+    trainer detects non-finite losses and raises one clear error instead.
+    """
+    if backend_name(xp) in ("numpy", "array_api_strict"):
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+    return contextlib.nullcontext()
+
+
+def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """The host random generator for shuffling and splitting (``None``: fresh entropy)."""
+    return np.random.default_rng(seed)
 
 
 def to_float(x: Any) -> float:

@@ -1,0 +1,293 @@
+"""Optimizers, learning-rate schedules and gradient clipping, written against the array API.
+
+The update rules are those of ``torch.optim.SGD``, ``Adam`` and ``AdamW``. Optimizer state is
+made with ``zeros_like`` of the parameters, so it lives on their device with their dtype.
+Updates are in place where the backend's arrays are mutable (the parameter objects a user holds
+see the change, as in PyTorch) and functional where they are not (JAX): then the new arrays are
+handed back with ``model.set_parameters``. Step counts and bias corrections are Python numbers on
+the host, so a step never reads a value back from the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from ._backend import is_mutable
+from .layers import Module
+
+Array = Any
+
+
+def global_norm(grads: Mapping[str, Array], *, xp: ModuleType) -> Array:
+    """The 2-norm of all gradients taken together, as a 0-d array (no host sync)."""
+    total = None
+    for g in grads.values():
+        s = xp.sum(g * g)
+        total = s if total is None else total + s
+    if total is None:
+        raise ValueError("global_norm() of no gradients")
+    return xp.sqrt(total)
+
+
+def clip_grad_norm(
+    grads: Mapping[str, Array], max_norm: float, *, xp: ModuleType
+) -> tuple[dict[str, Array], Array]:
+    """Scale ``grads`` so their global norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` does; returns the new gradients and the norm before.
+
+    The scale is computed on the device (``min(1, max_norm / (norm + 1e-6))``), so clipping costs
+    no host sync; the input gradients are not modified.
+    """
+    norm = global_norm(grads, xp=xp)
+    scale = xp.minimum(max_norm / (norm + 1e-6), 1.0)
+    return {k: g * scale for k, g in grads.items()}, norm
+
+
+class Optimizer:
+    """Base class. ``step()`` reads ``model.gradients()`` and updates ``model.parameters()``."""
+
+    def __init__(
+        self, model: Module, lr: float, weight_decay: float, max_grad_norm: float | None
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__} lr must be > 0, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(
+                f"{type(self).__name__} weight_decay must be >= 0, got {weight_decay!r}"
+            )
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+        params = model.parameters()
+        if not params:
+            raise ValueError(f"{model!r} has no parameters to optimize")
+        self.model = model
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.max_grad_norm = max_grad_norm
+        self.xp: ModuleType = getattr(model, "xp")  # noqa: B009 - every model with parameters has one
+        self.in_place = is_mutable(self.xp)
+        self.state: dict[str, dict[str, Array]] = {}
+        self.steps = 0  # completed steps, a host int
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr}, weight_decay={self.weight_decay})"
+
+    def step(self, grads: Mapping[str, Array] | None = None) -> None:
+        """One update from ``grads`` (default: ``model.gradients()``, same keys as parameters)."""
+        params = self.model.parameters()
+        grads = self.model.gradients() if grads is None else grads
+        if grads.keys() != params.keys():
+            raise KeyError(
+                f"{type(self).__name__}.step() expected gradients for {list(params)}, "
+                f"got {list(grads)}"
+            )
+        if self.max_grad_norm is not None:
+            grads, _ = clip_grad_norm(grads, self.max_grad_norm, xp=self.xp)
+        self.steps += 1
+        new = {k: self._update(k, p, grads[k]) for k, p in params.items()}
+        if not self.in_place:
+            self.model.set_parameters(new, check=False)
+
+    def _update(self, key: str, p: Array, g: Array) -> Array:
+        """Return the updated ``p`` (updated in place when ``self.in_place``)."""
+        raise NotImplementedError
+
+    def _descend(self, p: Array, delta: Array) -> Array:
+        """``p - delta``, in place where allowed."""
+        if self.in_place:
+            p -= delta
+            return p
+        return p - delta
+
+    def _blend(self, buf: Array, beta: float, g: Array, weight: float) -> Array:
+        """``beta * buf + weight * g``, in place where allowed."""
+        if self.in_place:
+            buf *= beta
+            buf += weight * g
+            return buf
+        return beta * buf + weight * g
+
+    # Snapshots for restoring a model after a failed step; copies, on the state's device.
+    def state_dict(self) -> dict[str, Any]:
+        copy = self.xp.asarray
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "state": {
+                k: {n: copy(a, copy=True) for n, a in s.items()} for k, s in self.state.items()
+            },
+        }
+
+    def load_state_dict(self, snapshot: Mapping[str, Any]) -> None:
+        copy = self.xp.asarray
+        self.steps = int(snapshot["steps"])
+        self.lr = float(snapshot["lr"])
+        self.state = {
+            k: {n: copy(a, copy=True) for n, a in s.items()} for k, s in snapshot["state"].items()
+        }
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
+
+    As ``torch.optim.SGD`` (dampening 0): ``g += wd * p``; ``b = g`` on the first step, then
+    ``b = momentum * b + g``; ``g = g + momentum * b`` (Nesterov) or ``g = b``; ``p -= lr * g``.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__(model, lr, weight_decay, max_grad_norm)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("SGD nesterov=True needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _update(self, key: str, p: Array, g: Array) -> Array:
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            state = self.state.setdefault(key, {})
+            buf = state.get("momentum")
+            if buf is None:
+                buf = self.xp.asarray(g, copy=True)
+            else:
+                buf = self._blend(buf, self.momentum, g, 1.0)
+            state["momentum"] = buf
+            g = g + self.momentum * buf if self.nesterov else buf
+        return self._descend(p, self.lr * g)
+
+
+class Adam(Optimizer):
+    """Adam, as ``torch.optim.Adam``: L2 weight decay added to the gradient, bias-corrected moments.
+
+    ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+
+    _decoupled = False
+
+    def __init__(
+        self,
+        model: Module,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__(model, lr, weight_decay, max_grad_norm)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"{type(self).__name__} betas must be in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise ValueError(f"{type(self).__name__} eps must be > 0, got {eps!r}")
+        self.betas = (float(b1), float(b2))
+        self.eps = float(eps)
+
+    def _update(self, key: str, p: Array, g: Array) -> Array:
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self._decoupled:  # AdamW: shrink the weights, leave the gradient alone
+                if self.in_place:
+                    p *= 1.0 - self.lr * self.weight_decay
+                else:
+                    p = p * (1.0 - self.lr * self.weight_decay)
+            else:
+                g = g + self.weight_decay * p
+        state = self.state.get(key)
+        if state is None:
+            state = self.state[key] = {"m": self.xp.zeros_like(p), "v": self.xp.zeros_like(p)}
+        m = state["m"] = self._blend(state["m"], b1, g, 1.0 - b1)
+        v = state["v"] = self._blend(state["v"], b2, g * g, 1.0 - b2)
+        t = self.steps
+        step_size = self.lr / (1.0 - b1**t)
+        denom = self.xp.sqrt(v) * (1.0 / math.sqrt(1.0 - b2**t)) + self.eps
+        return self._descend(p, step_size * (m / denom))
+
+
+class AdamW(Adam):
+    """AdamW, as ``torch.optim.AdamW``: decoupled weight decay ``p *= 1 - lr * wd`` before Adam."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        model: Module,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay, max_grad_norm=max_grad_norm)
+
+
+# ---------------------------------------------------------------------------- schedules
+class LRScheduler:
+    """Sets ``optimizer.lr`` from the count of ``step()`` calls (usually epochs), in closed form."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.epoch = 0
+
+    def step(self) -> float:
+        """Advance one epoch and set (and return) the optimizer's new learning rate."""
+        self.epoch += 1
+        self.optimizer.lr = self.lr_at(self.epoch)
+        return self.optimizer.lr
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+
+class ConstantLR(LRScheduler):
+    """The learning rate never changes."""
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr
+
+
+class StepLR(LRScheduler):
+    """``lr = base_lr * gamma ** (epoch // step_size)``, as ``torch.optim.lr_scheduler.StepLR``."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        if step_size < 1:
+            raise ValueError(f"StepLR step_size must be >= 1, got {step_size!r}")
+        super().__init__(optimizer)
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``lr = eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``, as torch's."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
+        if T_max < 1:
+            raise ValueError(f"CosineAnnealingLR T_max must be >= 1, got {T_max!r}")
+        super().__init__(optimizer)
+        self.T_max, self.eta_min = int(T_max), float(eta_min)
+
+    def lr_at(self, epoch: int) -> float:
+        cos = math.cos(math.pi * min(epoch, self.T_max) / self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + cos) / 2.0
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
