@@ -371,3 +371,20 @@ def test_bad_load_arguments_raise_their_own_errors(tmp_path: Path) -> None:
         checkpoints.load(path, backend="tensorflow")
     with pytest.raises(TypeError, match="dtype must be one of"):
         checkpoints.load(path, dtype="float16")
+
+
+def test_user_metadata_round_trip(tmp_path: Path) -> None:
+    model = pm.MLP([3, 2], rng=0)
+    path = tmp_path / "m.safetensors"
+    pm.save(model, path)
+    assert checkpoints.read_metadata(path) == {}
+    pm.save(model, path, metadata={"standardizer": {"mean": [1.0, 2.0]}, "columns": ["a", "b"]})
+    assert checkpoints.read_metadata(path) == {
+        "standardizer": {"mean": [1.0, 2.0]},
+        "columns": ["a", "b"],
+    }
+    with pytest.raises(TypeError, match="metadata as JSON"):
+        pm.save(model, path, metadata={"array": np.zeros(2)})
+    (tmp_path / "foreign.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(pm.CheckpointError):
+        checkpoints.read_metadata(tmp_path / "foreign.safetensors")

@@ -98,6 +98,20 @@ def test_csv_without_target_is_all_features(tmp_path: Path) -> None:
     np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
 
 
+def test_features_select_columns_in_the_models_order(tmp_path: Path) -> None:
+    path = _write(tmp_path, "d.csv", "b,label,a,note\n2,yes,1,hello\n4,no,3,world\n")
+    X, y, names = load_file(path, features=["a", "b"])
+    assert names == ["a", "b"] and y is None  # label and note are not read at all
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(DataError, match="missing feature columns c; the model was trained on a, c"):
+        load_file(path, features=["a", "c"])
+    npz = tmp_path / "d.npz"
+    np.savez(npz, X=np.ones((2, 2)))
+    assert load_file(npz, features=["a", "b"])[2] == ["a", "b"]
+    with pytest.raises(DataError, match="differ from the model's a, b, c"):
+        load_file(npz, features=["a", "b", "c"])
+
+
 def _error(path: Path, target: str | None = None) -> str:
     with pytest.raises(DataError) as info:
         load_file(path, target=target)

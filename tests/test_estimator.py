@@ -246,7 +246,19 @@ def test_verbose_shows_progress(capsys: pytest.CaptureFixture[str], cancer: Any)
     X_tr, _, y_tr, _ = cancer
     _fit(pm.MLPClassifier((4,), max_iter=2, verbose=True, random_state=0), X_tr, y_tr)
     err = capsys.readouterr().err
-    assert "Epoch 1: loss" in err and "Epoch 2: loss" in err
+    assert "epochs" in err and "2/2 loss" in err
+    clf = pm.MLPClassifier(
+        (4,),
+        max_iter=50,
+        verbose=True,
+        early_stopping=True,
+        tol=1.0,
+        n_iter_no_change=1,
+        random_state=0,
+    )
+    clf.fit(X_tr, y_tr)
+    err = capsys.readouterr().err
+    assert "validation" in err and "Validation score did not improve" in err
 
 
 def test_params_protocol() -> None:

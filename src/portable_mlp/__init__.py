@@ -37,7 +37,7 @@ from .layers import (
     from_config,
 )
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, train_step
 from .testing import GradcheckError, GradcheckResult, gradcheck
 
 __version__ = "0.1.0"
@@ -88,4 +88,5 @@ __all__ = [
     "optim",
     "save",
     "to_numpy",
+    "train_step",
 ]

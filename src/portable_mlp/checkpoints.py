@@ -9,6 +9,7 @@ the model's dtype, and in its string metadata what rebuilds the rest::
     dtype           "float32" or "float64"
     kind            "model", or the estimator's class name
     estimator       (estimators only) the estimator's state as JSON
+    user            (optional) the caller's own metadata as JSON, see :func:`read_metadata`
 
 :func:`load` rebuilds the model on any backend and device; by default in the stored dtype, so a
 model trained on one backend loads on another bit for bit. Every way a file can be wrong (cut
@@ -32,7 +33,7 @@ import safetensors.numpy
 from ._backend import dtype_name, from_numpy, namespace, resolve_device, resolve_dtype, to_numpy
 from .layers import Module, from_config
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
 FORMAT = "portable_mlp"
 FORMAT_VERSION = "1"
@@ -52,8 +53,13 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------
-def save(obj: Any, path: str | os.PathLike[str]) -> None:
+def save(
+    obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None
+) -> None:
     """Write a model (a :class:`Module`) or an estimator to ``path`` as a safetensors file.
+
+    ``metadata``: a JSON-able mapping of the caller's own (the command line keeps its
+    standardizer and column names there), read back by :func:`read_metadata`.
 
     The write is atomic: the bytes go to a temporary file beside ``path``, which replaces
     ``path`` only once it is complete and synced, so a crash or an error never leaves a partial
@@ -67,7 +73,7 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
     # safetensors copies raw memory from the data pointer, so a Fortran-ordered or strided host
     # copy (a transposed torch tensor, say) would be written scrambled: make each one C-ordered.
     tensors = {key: np.ascontiguousarray(to_numpy(value)) for key, value in params.items()}
-    metadata = {
+    header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": _dumps(model.config(), f"{model!r}.config()"),
@@ -75,8 +81,10 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
         "kind": kind,
     }
     if state is not None:
-        metadata["estimator"] = _dumps(state, f"the state of {kind}")
-    _write_atomic(os.fspath(path), safetensors.numpy.save(tensors, metadata=metadata))
+        header["estimator"] = _dumps(state, f"the state of {kind}")
+    if metadata is not None:
+        header["user"] = _dumps(dict(metadata), "metadata")
+    _write_atomic(os.fspath(path), safetensors.numpy.save(tensors, metadata=header))
 
 
 def _unpack(obj: Any) -> tuple[Module, str, dict[str, Any] | None]:
@@ -181,6 +189,15 @@ def load(
     if cls is None:
         raise CheckpointError(f"{path}: portable_mlp.estimator has no estimator {kind!r}")
     return cls._from_checkpoint(model, state)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The caller's metadata saved with the checkpoint at ``path`` (``{}`` if none)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        _, meta = _read_safetensors(path, f.read())
+    _check_metadata(path, meta)
+    return _json_object(path, meta, "user") if "user" in meta else {}
 
 
 def _read_safetensors(path: str, data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -16,6 +16,7 @@ import gzip
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,10 @@ def target_names(name: str) -> list[str]:
 
 
 def load_file(
-    path: str | os.PathLike[str], target: str | None = None
+    path: str | os.PathLike[str],
+    target: str | None = None,
+    *,
+    features: Sequence[str] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, list[str]]:
     """A user's data file as ``(X, y, feature_names)``: ``X: (n, p)`` float64, ``y: (n,)`` or None.
 
@@ -117,6 +121,9 @@ def load_file(
     columns are features and ``y`` is None.
     ``.npz``: arrays ``X: (n, p)`` and, optionally, ``y: (n,)`` (or the array named ``target``);
     an optional array ``feature_names: (p,)`` names the columns, which are otherwise x0, x1, ...
+
+    ``features`` (for predicting with a trained model): the feature columns to read, in this
+    order; a missing one is an error, and other columns are ignored.
 
     ``y`` keeps the raw labels: float64 if every label is a number, else an object array of str.
     Missing values (empty, NA, nan, ...) anywhere are an error, as is any other unreadable input:
@@ -135,8 +142,8 @@ def load_file(
     if file.stat().st_size == 0:
         raise DataError(f"{file}: empty file; expected {_expected(suffix)}")
     if suffix == ".csv":
-        return _load_csv(file, target)
-    return _load_npz(file, target)
+        return _load_csv(file, target, features)
+    return _load_npz(file, target, features)
 
 
 def _expected(suffix: str) -> str:
@@ -146,7 +153,7 @@ def _expected(suffix: str) -> str:
 
 
 def _load_csv(
-    file: Path, target: str | None
+    file: Path, target: str | None, features: Sequence[str] | None
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, list[str]]:
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark.
@@ -169,9 +176,16 @@ def _load_csv(
         raise DataError(
             f"{file}: no target column {target!r}; available columns: {', '.join(header)}"
         )
-    names = [c for c in header if c != target]
+    names = [c for c in header if c != target] if features is None else list(features)
+    missing = [c for c in names if c not in header]
+    if missing:
+        raise DataError(
+            f"{file}: missing feature columns {', '.join(missing)}; the model was trained on "
+            f"{', '.join(names)}"
+        )
     if not names:
         raise DataError(f"{file}: no feature columns besides the target {target!r}")
+    read = {**{c: j for j, c in enumerate(names)}, **({} if target is None else {target: -1})}
     body = lines[1:]
     if not body:
         raise DataError(f"{file}: a header but no data rows")
@@ -184,8 +198,10 @@ def _load_csv(
             raise DataError(
                 f"{file}: {where} has {len(row)} fields, expected {len(header)} like the header"
             )
-        j = 0
         for column, cell in zip(header, row, strict=True):
+            j = read.get(column)
+            if j is None:  # a column the caller did not ask for
+                continue
             value = cell.strip()
             if value.lower() in _MISSING:
                 raise DataError(f"{file}: missing value {cell!r} at {where}, column {column!r}")
@@ -202,7 +218,6 @@ def _load_csv(
             if not math.isfinite(number):
                 raise DataError(f"{file}: non-finite value {cell!r} at {where}, column {column!r}")
             X[i, j] = number
-            j += 1
     return X, (None if target is None else _labels(labels)), names
 
 
@@ -214,7 +229,7 @@ def _labels(values: list[str]) -> NDArray[Any]:
 
 
 def _load_npz(
-    file: Path, target: str | None
+    file: Path, target: str | None, features: Sequence[str] | None
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, list[str]]:
     arrays = _npz_arrays(file)
     available = ", ".join(arrays) or "none"
@@ -238,6 +253,13 @@ def _load_npz(
                 f"got {given.dtype} {given.shape}"
             )
         names = [str(v) for v in given]
+    if features is not None and names != list(features):
+        if "feature_names" in arrays or len(features) != len(names):
+            raise DataError(
+                f"{file}: feature columns {', '.join(names)} differ from the model's "
+                f"{', '.join(features)}"
+            )
+        names = list(features)  # unnamed columns: taken in the model's order
 
     key = "y" if target is None else target
     if key not in arrays:

@@ -29,6 +29,7 @@ from .optim import (
     LRScheduler,
     Optimizer,
     StepLR,
+    train_step,
 )
 
 Array = Any
@@ -136,7 +137,7 @@ class _BaseMLP:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def __sklearn_tags__(self) -> Any:
-        from sklearn.utils import (  # type: ignore[import-untyped]
+        from sklearn.utils import (
             ClassifierTags,
             InputTags,
             RegressorTags,
@@ -153,15 +154,37 @@ class _BaseMLP:
         )
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any) -> _BaseMLP:
-        """Train on ``X: (n, p)`` and ``y`` for up to ``max_iter`` epochs; returns ``self``."""
+    def fit(self, X: Any, y: Any, *, eval_set: tuple[Any, Any] | None = None) -> _BaseMLP:
+        """Train on ``X: (n, p)`` and ``y`` for up to ``max_iter`` epochs; returns ``self``.
+
+        ``eval_set=(X_eval, y_eval)`` is only watched, never learnt from or stopped on: its loss
+        and score after every epoch go to ``eval_loss_curve_`` and ``eval_scores_``.
+        """
         self._check_params()
         X_host = datasets.check_features(X)
         warm = self.warm_start and hasattr(self, "model_")
         targets, strata = self._targets(y, X_host.shape[0], fitting=not warm)
         if not warm or self.n_features_in_ != X_host.shape[1]:
             self._init_model(X_host.shape[1])
-        self._train(X_host, targets, strata, epochs=int(self.max_iter), incremental=False)
+        evaluation = None
+        if eval_set is not None:
+            X_eval = datasets.check_features(eval_set[0], "X_eval")
+            if X_eval.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"eval_set X has {X_eval.shape[1]} features, X has {self.n_features_in_}"
+                )
+            T_eval, _ = self._targets(eval_set[1], X_eval.shape[0], fitting=False)
+            evaluation = (self._on_device(X_eval), self._on_device(T_eval))
+        self.eval_loss_curve_ = None if evaluation is None else []
+        self.eval_scores_ = None if evaluation is None else []
+        self._train(
+            X_host,
+            targets,
+            strata,
+            epochs=int(self.max_iter),
+            incremental=False,
+            evaluation=evaluation,
+        )
         return self
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> _BaseMLP:
@@ -237,6 +260,8 @@ class _BaseMLP:
         self.n_features_in_ = n_features
         self.loss_curve_: list[float] = []
         self.validation_scores_: list[float] | None = [] if self.early_stopping else None
+        self.eval_loss_curve_ = None
+        self.eval_scores_ = None
         self.best_loss_: float | None = math.inf
         self.best_validation_score_: float | None = -math.inf if self.early_stopping else None
         self.n_iter_ = 0
@@ -276,11 +301,18 @@ class _BaseMLP:
 
     # ------------------------------------------------------------------ the training loop
     def _train(
-        self, X_host: Any, targets: Any, strata: Any, *, epochs: int, incremental: bool
+        self,
+        X_host: Any,
+        targets: Any,
+        strata: Any,
+        *,
+        epochs: int,
+        incremental: bool,
+        evaluation: tuple[Array, Array] | None = None,
     ) -> None:
         """``targets``: float (n, k) for the loss; ``strata``: labels to stratify by, or None."""
         model = self.model_
-        xp, dev = model.xp, model.device
+        validation = None
         if self.early_stopping and not incremental:
             rows = range(X_host.shape[0])
             train, val, _, _ = datasets.train_test_split(
@@ -290,92 +322,109 @@ class _BaseMLP:
                 rng=self._rng(),
                 stratify=strata is not None,
             )
-            X_val = _backend.from_numpy(X_host[val], xp=xp, dtype=model.dtype, device=dev)
-            y_val = self._targets_on_device(targets[val])
+            validation = (self._on_device(X_host[val]), self._on_device(targets[val]))
             X_host, targets = X_host[train], targets[train]
-        n = X_host.shape[0]
-        X = _backend.from_numpy(X_host, xp=xp, dtype=model.dtype, device=dev)  # moved once
-        T = self._targets_on_device(targets)
+        X, T = self._on_device(X_host), self._on_device(targets)  # moved once
+        progress = _Progress(epochs) if self.verbose else None
+        try:
+            best_params = self._epochs(X, T, validation, evaluation, epochs, incremental, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        if validation is not None:
+            self.best_loss_ = None
+            if best_params is not None:  # restore the weights of the best validation score
+                model.set_parameters(best_params)
+
+    def _epochs(
+        self,
+        X: Array,
+        T: Array,
+        validation: tuple[Array, Array] | None,
+        evaluation: tuple[Array, Array] | None,
+        epochs: int,
+        incremental: bool,
+        progress: _Progress | None,
+    ) -> dict[str, Array] | None:
+        """Up to ``epochs`` passes with the stopping rule; returns the best weights (early stop)."""
+        xp, dev = self.model_.xp, self.model_.device
+        n = X.shape[0]
         batch = min(200 if self.batch_size == "auto" else int(self.batch_size), n)
+        bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
         loss = self._loss()
         schedule = self._make_schedule(epochs)
         index_dtype = xp.__array_namespace_info__().default_dtypes(device=dev)["indexing"]
         best_params = None
         for _ in range(epochs):
-            order = self._rng().permutation(n) if self.shuffle else None
-            order_dev = (
-                None
-                if order is None
-                else _backend.from_numpy(order, xp=xp, dtype=index_dtype, device=dev)
-            )
-            bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
+            order = None
+            if self.shuffle:  # shuffled on the host, moved once per epoch
+                order = _backend.from_numpy(
+                    self._rng().permutation(n), xp=xp, dtype=index_dtype, device=dev
+                )
             snapshot = self._snapshot()
+            if progress is not None:
+                progress.start_epoch(self.n_iter_ + 1, len(bounds))
             with _backend.floating_point_errors_checked_by_caller(xp):
-                step_losses = self._epoch(X, T, order_dev, bounds, loss)
-            total = step_losses[0]
-            for value in step_losses[1:]:
-                total = total + value
-            epoch_loss = _backend.to_float(total) / n  # the one read-back per epoch
+                step_losses = self._epoch(X, T, order, bounds, loss, progress)
+            epoch_loss = _backend.to_float(_sum(step_losses)) / n  # the one read-back per epoch
             if not (math.isfinite(epoch_loss) and self._weights_finite()):
                 with _backend.floating_point_errors_checked_by_caller(xp):
-                    self._recover(snapshot, X, T, order_dev, bounds, loss, step_losses)
+                    self._recover(snapshot, X, T, order, bounds, loss, step_losses)
             self.n_iter_ += 1
             self.t_ += n
             self.loss_curve_.append(epoch_loss)
             schedule.step()
-            stop = False
-            if self.early_stopping and not incremental:
-                score = self._score_on_device(X_val, y_val)
-                assert self.validation_scores_ is not None
+            if evaluation is not None:
+                assert self.eval_loss_curve_ is not None and self.eval_scores_ is not None
+                eval_loss, eval_score = self._evaluate(*evaluation)
+                self.eval_loss_curve_.append(eval_loss)
+                self.eval_scores_.append(eval_score)
+            if incremental:
+                continue
+            if validation is not None:
+                score = self._evaluate(*validation)[1]
+                assert (
+                    self.validation_scores_ is not None and self.best_validation_score_ is not None
+                )
                 self.validation_scores_.append(score)
-                best = self.best_validation_score_
-                assert best is not None
-                self._no_improvement = self._no_improvement + 1 if score < best + self.tol else 0
-                if score > best:
+                improved = score >= self.best_validation_score_ + self.tol
+                if score > self.best_validation_score_:
                     self.best_validation_score_ = score
                     best_params = self._copy_params()
-                stop = self._no_improvement > self.n_iter_no_change
-            elif not incremental:
-                best_loss = self.best_loss_
-                assert best_loss is not None
-                self._no_improvement = (
-                    self._no_improvement + 1 if epoch_loss > best_loss - self.tol else 0
-                )
-                self.best_loss_ = min(best_loss, epoch_loss)
-                stop = self._no_improvement > self.n_iter_no_change
-            if self.verbose:
-                extra = (
-                    f", validation score {self.validation_scores_[-1]:.4f}"
-                    if self.validation_scores_
-                    else ""
-                )
-                _console().log(f"Epoch {self.n_iter_}: loss {epoch_loss:.6f}{extra}")
-            if stop:
-                if self.verbose:
-                    what = "Validation score" if self.early_stopping else "Training loss"
-                    _console().log(
+            else:
+                assert self.best_loss_ is not None
+                improved = epoch_loss <= self.best_loss_ - self.tol
+                self.best_loss_ = min(self.best_loss_, epoch_loss)
+            self._no_improvement = 0 if improved else self._no_improvement + 1
+            if progress is not None:
+                progress.end_epoch(epoch_loss, self.validation_scores_)
+            if self._no_improvement > self.n_iter_no_change:
+                if progress is not None:
+                    what = "Validation score" if validation is not None else "Training loss"
+                    progress.log(
                         f"{what} did not improve more than tol={self.tol} for "
                         f"{self.n_iter_no_change} consecutive epochs. Stopping."
                     )
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
-                    "optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=3,
-                )
-        if self.early_stopping and not incremental:
-            self.best_loss_ = None
-            if best_params is not None:  # restore the weights of the best validation score
-                model.set_parameters(best_params)
+                return best_params
+        if not incremental:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        return best_params
 
     def _epoch(
-        self, X: Array, T: Array, order: Array | None, bounds: list[tuple[int, int]], loss: Loss
+        self,
+        X: Array,
+        T: Array,
+        order: Array | None,
+        bounds: list[tuple[int, int]],
+        loss: Loss,
+        progress: _Progress | None = None,
     ) -> list[Array]:
         """One pass over the data; returns each step's summed loss as 0-d arrays (no sync)."""
-        progress = _Progress(len(bounds), self.n_iter_ + 1) if self.verbose else None
         xp = self.model_.xp
         out = []
         for s, e in bounds:
@@ -386,31 +435,15 @@ class _BaseMLP:
                 xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
             out.append(self._step(xb, tb, loss) * float(e - s))
             if progress is not None:
-                progress.advance(out, e)
-        if progress is not None:
-            progress.close()
+                progress.step(out, e)
         return out
 
     def _step(self, xb: Array, tb: Array, loss: Loss) -> Array:
         """forward, loss, backward, L2 penalty, update; returns the batch's mean loss (0-d)."""
-        model = self.model_
-        xp = model.xp
-        value = loss._forward(model._forward(xb, True), tb, xp)
-        model._backward(loss.backward(), False)
-        grads = model.gradients()
-        if self.alpha:
-            # scikit-learn's L2 term: alpha/2 ||W||^2 / batch, on weights only, in loss and grads.
-            scale = float(self.alpha) / xb.shape[0]
-            params = model.parameters()
-            penalty = None
-            for key, W in params.items():
-                if key.endswith("weight"):
-                    grads = {**grads, key: grads[key] + scale * W}
-                    s = xp.sum(W * W)
-                    penalty = s if penalty is None else penalty + s
-            value = value + (0.5 * scale) * penalty
-        self._optimizer.step(grads)
-        return value
+        # The data were checked once in fit(), and tb is already in the loss's working form.
+        return train_step(
+            self.model_, loss, self._optimizer, xb, tb, alpha=self.alpha, checked=True
+        )
 
     # ------------------------------------------------------------------ non-finite recovery
     def _copy_params(self) -> dict[str, Array]:
@@ -496,12 +529,14 @@ class _BaseMLP:
             Xd = _backend.from_numpy(Xd, xp=model.xp, dtype=model.dtype, device=model.device)
         return model.forward(Xd, cache=False)
 
-    def _score_on_device(self, X: Array, y: Array) -> float:
+    def _evaluate(self, X: Array, T: Array) -> tuple[float, float]:
+        """Loss and score (accuracy or R^2) of the model on encoded data already on the device."""
         raise NotImplementedError
 
-    def _targets_on_device(self, targets: Any) -> Array:
+    def _on_device(self, host: Any) -> Array:
+        """A float64 host array as the model's dtype on its device."""
         model = self.model_
-        return _backend.from_numpy(targets, xp=model.xp, dtype=model.dtype, device=model.device)
+        return _backend.from_numpy(host, xp=model.xp, dtype=model.dtype, device=model.device)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> tuple[Module, dict[str, Any]]:
@@ -521,6 +556,8 @@ class _BaseMLP:
                 "validation_scores_": self.validation_scores_,
                 "best_loss_": self.best_loss_,
                 "best_validation_score_": self.best_validation_score_,
+                "eval_loss_curve_": self.eval_loss_curve_,
+                "eval_scores_": self.eval_scores_,
                 **self._extra_state(),
             },
         }
@@ -549,6 +586,8 @@ class _BaseMLP:
     # Subclass hooks
     n_outputs_: int
     model_: MLP
+    eval_loss_curve_: list[float] | None
+    eval_scores_: list[float] | None
 
     def _loss(self) -> Loss:
         raise NotImplementedError
@@ -594,15 +633,17 @@ class MLPClassifier(_BaseMLP):
     def _loss(self) -> Loss:
         return BCEWithLogitsLoss() if self.n_outputs_ == 1 else CrossEntropyLoss()
 
-    def _score_on_device(self, X: Array, y: Array) -> float:
-        """Accuracy of the logits of ``X`` against encoded targets ``y``, one read-back."""
+    def _evaluate(self, X: Array, T: Array) -> tuple[float, float]:
         xp = self.model_.xp
         z = self.model_.forward(X, cache=False)
         if self.n_outputs_ == 1:
-            hit = (z[:, 0] > 0) == (y[:, 0] > 0.5)
+            loss = F.bce_with_logits(z, T, xp=xp)
+            hit = (z[:, 0] > 0) == (T[:, 0] > 0.5)
         else:
-            hit = xp.argmax(z, axis=1) == xp.argmax(y, axis=1)
-        return _backend.to_float(xp.mean(xp.astype(hit, self.model_.dtype)))
+            loss = F.cross_entropy(F.log_softmax(z, xp=xp), T, xp=xp)
+            hit = xp.argmax(z, axis=1) == xp.argmax(T, axis=1)
+        accuracy = xp.mean(xp.astype(hit, self.model_.dtype))
+        return _backend.to_float(loss), _backend.to_float(accuracy)
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities ``(n, n_classes)``, in the namespace (and device) of ``X``."""
@@ -664,12 +705,13 @@ class MLPRegressor(_BaseMLP):
     def _loss(self) -> Loss:
         return MSELoss()
 
-    def _score_on_device(self, X: Array, y: Array) -> float:
+    def _evaluate(self, X: Array, T: Array) -> tuple[float, float]:
         xp = self.model_.xp
         pred = self.model_.forward(X, cache=False)
-        residual = xp.sum((y - pred) ** 2, axis=0)
-        total = xp.sum((y - xp.mean(y, axis=0)) ** 2, axis=0)
-        return _backend.to_float(xp.mean(1.0 - residual / total))
+        residual = xp.sum((T - pred) ** 2, axis=0)
+        total = xp.sum((T - xp.mean(T, axis=0)) ** 2, axis=0)
+        r2 = xp.mean(1.0 - residual / total)
+        return _backend.to_float(F.mse(pred, T, xp=xp)), _backend.to_float(r2)
 
     def predict(self, X: Any) -> Any:
         """Predictions ``(n,)`` (or ``(n, n_outputs)``), in the namespace of ``X``."""
@@ -710,10 +752,18 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
-class _Progress:
-    """A per-epoch progress bar (rich) with the running loss, refreshed about ten times."""
+def _sum(arrays: list[Array]) -> Array:
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = total + a
+    return total
 
-    def __init__(self, total: int, epoch: int) -> None:
+
+class _Progress:
+    """Progress of one fit (rich): a bar over the epochs with the last loss (and validation
+    score), and under it a bar over the current epoch's steps with the running loss."""
+
+    def __init__(self, epochs: int) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -723,28 +773,39 @@ class _Progress:
         )
 
         self._bar = Progress(
-            TextColumn(f"epoch {epoch}"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=_console(),
-            transient=True,
         )
-        self._task = self._bar.add_task("train", total=total, loss="")
-        self._every = max(1, total // 10)
+        self._epochs = self._bar.add_task("epochs", total=epochs, info="")
+        self._steps = self._bar.add_task("steps", total=1, info="", visible=False)
+        self._every = 1
         self._bar.start()
 
-    def advance(self, step_losses: list[Any], samples: int) -> None:
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self._bar.reset(
+            self._steps, total=steps, description=f"epoch {epoch}", info="", visible=True
+        )
+        self._every = max(1, steps // 10)
+
+    def step(self, step_losses: list[Any], samples: int) -> None:
         """One more step; ``step_losses`` are the summed losses so far over ``samples`` rows."""
         if len(step_losses) % self._every == 0:  # reading the loss syncs: only now and then
-            total = step_losses[0]
-            for value in step_losses[1:]:
-                total = total + value
-            text = f"loss {_backend.to_float(total) / samples:.4f}"
-            self._bar.update(self._task, advance=1, loss=text)
+            running = _backend.to_float(_sum(step_losses)) / samples
+            self._bar.update(self._steps, advance=1, info=f"loss {running:.4f}")
         else:
-            self._bar.update(self._task, advance=1)
+            self._bar.update(self._steps, advance=1)
+
+    def end_epoch(self, loss: float, scores: list[float] | None) -> None:
+        info = f"loss {loss:.4f}" + (f", validation {scores[-1]:.4f}" if scores else "")
+        self._bar.update(self._epochs, advance=1, info=info)
+
+    def log(self, message: str) -> None:
+        self._bar.console.print(message)
 
     def close(self) -> None:
+        self._bar.update(self._steps, visible=False)
         self._bar.stop()

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._backend import is_mutable
 from .layers import Module
+from .losses import Loss
 
 Array = Any
 
@@ -291,3 +292,42 @@ class CosineAnnealingLR(LRScheduler):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+# ---------------------------------------------------------------------------- one step
+def train_step(
+    model: Module,
+    loss: Loss,
+    optimizer: Optimizer,
+    x: Array,
+    y: Array,
+    *,
+    alpha: float = 0.0,
+    checked: bool = False,
+) -> Array:
+    """One training step: forward, loss, backward (no dL/dx), L2 term, update.
+
+    ``alpha`` is scikit-learn's L2 penalty, ``alpha / 2 ||W||^2 / n_batch`` on weights (not
+    biases), added to the loss and its gradient. Returns the batch loss as a 0-d array, without
+    reading it back. ``checked=True`` skips the input checks, for loops whose data were checked
+    once up front; ``y`` must then be in the loss's working form (float one-hot rows for
+    cross-entropy).
+    """
+    if checked:
+        value = loss._forward(model._forward(x, True), y, optimizer.xp)
+    else:
+        value = loss.forward(model.forward(x), y)
+    model._backward(loss.backward(), False)
+    grads = model.gradients()
+    if alpha:
+        xp = optimizer.xp
+        scale = float(alpha) / x.shape[0]
+        penalty = None
+        for key, W in model.parameters().items():
+            if key.endswith("weight"):
+                grads = {**grads, key: grads[key] + scale * W}
+                s = xp.sum(W * W)
+                penalty = s if penalty is None else penalty + s
+        value = value + (0.5 * scale) * penalty
+    optimizer.step(grads)
+    return value

@@ -1,0 +1,435 @@
+"""The ``portable-mlp`` command line: ``train``, ``predict``, ``check`` and ``info``.
+
+Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind)
+is a one-line error on stderr and exit status 2, without a traceback; set
+``PORTABLE_MLP_TRACEBACK=1`` to see one. A diverging run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, _backend, checkpoints, datasets
+from .checkpoints import CheckpointError
+from .estimator import ConvergenceWarning, MLPClassifier, TrainingError
+from .layers import ACTIVATIONS
+from .optim import OPTIMIZERS
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (reported like any other misuse)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except TrainingError as exc:
+        return _fail(args, exc, 1)
+    except (
+        ValueError,  # BackendError, DataError, CheckpointError, UsageError, bad labels, ...
+        TypeError,  # a dtype the backend does not have
+        OSError,  # missing files, directories, permissions
+    ) as exc:
+        return _fail(args, exc, 2)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, status: int) -> int:
+    if os.environ.get("PORTABLE_MLP_TRACEBACK"):
+        raise exc
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"portable-mlp {args.command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portable-mlp",
+        description="Train and check multilayer perceptrons with hand-written backprop on any "
+        "array backend (NumPy, PyTorch, JAX, CuPy, array-api-strict).",
+    )
+    parser.add_argument("--version", action="version", version=f"portable-mlp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a classifier on a built-in dataset or a file")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument(
+        "--dataset", choices=datasets.DATASETS, help="a built-in dataset (default: breast_cancer)"
+    )
+    source.add_argument("--data", type=Path, help="a .csv or .npz file (with --target)")
+    train.add_argument("--target", help="the label column of --data")
+    _backend_arguments(train)
+    train.add_argument(
+        "--hidden", type=_sizes, default=(64,), help="hidden layer sizes, e.g. 32,16 (default: 64)"
+    )
+    train.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
+    train.add_argument("--lr", type=_positive(float), default=1e-3, help="default: 0.001")
+    train.add_argument("--epochs", type=_positive(int), default=200, help="at most (default: 200)")
+    train.add_argument("--batch-size", type=_positive(int), default=64, help="default: 64")
+    train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default: 1e-4)")
+    train.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
+    train.add_argument("--seed", type=int, default=0, help="for weights, split and shuffling")
+    train.add_argument(
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="hold out 10%% of the training split, stop when its accuracy stalls and keep the "
+        "best weights (default: off, as in scikit-learn)",
+    )
+    train.add_argument("--save", type=Path, help="write the trained model to this checkpoint")
+    train.add_argument("--plot", type=Path, help="write a PNG of the training curves")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="predict with a checkpoint; CSV out")
+    predict.add_argument("model", type=Path, help="a checkpoint written by train --save")
+    predict.add_argument("data", type=Path, help="a .csv or .npz file with the feature columns")
+    predict.add_argument("--output", type=Path, help="the CSV to write (default: stdout)")
+    _backend_arguments(predict)
+    predict.set_defaults(run=_predict)
+
+    check = commands.add_parser(
+        "check", help="gradient parity against PyTorch autograd on every installed backend"
+    )
+    check.set_defaults(run=_check)
+
+    info = commands.add_parser("info", help="installed backends and their devices")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def _backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", default="numpy", help="numpy (default), torch, jax, cupy, array_api_strict"
+    )
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help="default: the backend's default floating dtype",
+    )
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 32,16, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+# ---------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    if args.data is None and args.target is not None:
+        raise UsageError("--target goes with --data")
+    if args.data is not None and args.target is None:
+        raise UsageError("--data needs --target COLUMN, the label column")
+    if not 0.0 < args.test_size < 1.0:
+        raise UsageError(f"--test-size must be in (0, 1), got {args.test_size}")
+    if args.plot is not None:
+        _matplotlib()  # fail before training, not after
+    if args.data is not None:
+        X, y, names = datasets.load_file(args.data, args.target)
+        source = str(args.data)
+    else:
+        name = args.dataset or "breast_cancer"
+        X, y, names = (*datasets.load(name), datasets.feature_names(name))
+        source = name
+    assert y is not None
+    labels = datasets.check_class_labels(y, X.shape[0])
+    X_train, X_test, y_train, y_test = datasets.train_test_split(
+        X, labels, test_size=args.test_size, rng=args.seed
+    )
+    scaler = datasets.Standardizer().fit(X_train)  # statistics of the training split only
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    clf = MLPClassifier(
+        args.hidden,
+        args.activation,
+        solver=args.optimizer,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        learning_rate_init=args.lr,
+        max_iter=args.epochs,
+        random_state=args.seed,
+        early_stopping=args.early_stopping,
+        verbose=not args.quiet,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(X_train, y_train, eval_set=(X_test, y_test))  # watched for the curves only
+    seconds = time.perf_counter() - start
+    _report(clf, source, (X_train, y_train), (X_test, y_test), seconds)
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            print(f"note: {w.message} (raise --epochs?)", file=sys.stderr)
+    if args.save is not None:
+        meta = {"standardizer": scaler.to_dict(), "feature_names": names, "source": source}
+        checkpoints.save(clf, args.save, metadata=meta)
+        print(f"saved {args.save}")
+    if args.plot is not None:
+        _plot(clf, args.plot)
+        print(f"plotted {args.plot}")
+    return 0
+
+
+def _report(
+    clf: MLPClassifier, source: str, train: tuple[Any, Any], test: tuple[Any, Any], seconds: float
+) -> None:
+    from rich.table import Table
+
+    model = clf.model_
+    title = (
+        f"{source}: MLP {'-'.join(map(str, model.sizes))} on {model.backend} "
+        f"({model.device}, {_backend.dtype_name(model.dtype)}), {clf.n_iter_} epochs "
+        f"in {seconds:.2f} s"
+    )
+    print(title)
+    table = Table()
+    for column in ("split", "samples", "loss", "accuracy"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, (X, y) in (("train", train), ("test", test)):
+        proba = clf.predict_proba(X)
+        table.add_row(
+            split, str(len(y)), f"{_log_loss(clf, proba, y):.4f}", f"{clf.score(X, y):.4f}"
+        )
+    _console().print(table)
+
+
+def _log_loss(clf: MLPClassifier, proba: Any, y: Any) -> float:
+    """Mean cross-entropy of predicted probabilities, clipped like scikit-learn's log_loss."""
+    codes = datasets.encode_labels(y, clf.classes_)
+    p = np.clip(proba[np.arange(len(codes)), codes], 1e-15, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def _matplotlib() -> Any:
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib: pip install matplotlib (or portable-mlp[plot])"
+        ) from None
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
+
+
+def _plot(clf: MLPClassifier, path: Path) -> None:
+    """Loss and accuracy per epoch: training, the held-out test split (watched, never used to
+    decide anything) and, with early stopping, the validation split it stops on."""
+    plt = _matplotlib()
+    epochs = range(1, len(clf.loss_curve_) + 1)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, clf.loss_curve_, label="training")
+    if clf.eval_loss_curve_:
+        loss_ax.plot(epochs, clf.eval_loss_curve_, label="test (held out)")
+        acc_ax.plot(epochs, clf.eval_scores_, label="test (held out)", color="tab:orange")
+    if clf.validation_scores_:
+        acc_ax.plot(epochs, clf.validation_scores_, label="validation", color="tab:green")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with _atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+@contextlib.contextmanager
+def _atomic(path: Path, mode: str) -> Iterator[Any]:
+    """Write ``path`` through a temporary file beside it, renamed into place when complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------- predict
+def _predict(args: argparse.Namespace) -> int:
+    clf = checkpoints.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    if not isinstance(clf, MLPClassifier):
+        raise CheckpointError(
+            f"{args.model}: holds a {type(clf).__name__}, not a trained classifier"
+        )
+    meta = checkpoints.read_metadata(args.model)
+    names = meta.get("feature_names")
+    X, _, _ = datasets.load_file(args.data, features=names)
+    if "standardizer" in meta:
+        X = datasets.Standardizer.from_dict(meta["standardizer"]).transform(X)
+    proba = clf.predict_proba(X)
+    labels = clf.classes_[proba.argmax(axis=1)]
+    text = io.StringIO()
+    text.write(",".join(["prediction", *(f"proba_{c}" for c in clf.classes_)]) + "\n")
+    for label, row in zip(labels, proba, strict=True):
+        text.write(",".join([str(label), *(f"{p:.6g}" for p in row)]) + "\n")
+    if args.output is None:
+        sys.stdout.write(text.getvalue())
+    else:
+        with _atomic(args.output, "w") as f:
+            f.write(text.getvalue())
+        print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- check
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        raise UsageError("check needs PyTorch as the reference: pip install torch") from None
+    from rich.table import Table
+
+    from .testing import parity_report
+
+    with contextlib.suppress(ImportError):  # float64 on JAX, before any JAX array exists
+        importlib.import_module("jax").config.update("jax_enable_x64", True)
+    table = Table(title="gradient parity against PyTorch autograd (float64 reference)")
+    for column in ("backend", "device", "dtype", "max rel. error", "worst", "tolerance", "result"):
+        table.add_column(column)
+    failed = False
+    for name, device in _usable_devices():
+        for dtype in ("float64", "float32"):
+            try:
+                errors = parity_report(name, device, dtype)
+            except (ValueError, TypeError) as exc:  # e.g. a device without float64
+                label = _device_label(name, device)
+                table.add_row(name, label, dtype, "-", "-", "-", f"skipped: {exc}")
+                continue
+            worst = max(errors, key=lambda k: errors[k])
+            ok = errors[worst] <= TOLERANCE[dtype]
+            failed |= not ok
+            table.add_row(
+                name,
+                _device_label(name, device),
+                dtype,
+                f"{errors[worst]:.2e}",
+                worst,
+                f"{TOLERANCE[dtype]:.0e}",
+                "pass" if ok else "FAIL",
+            )
+    _console().print(table)
+    return 1 if failed else 0
+
+
+def _usable_devices() -> list[tuple[str, Any]]:
+    """(backend, device) pairs that can run here: each backend's default, plus CUDA devices."""
+    found: list[tuple[str, Any]] = []
+    for name, status, devices in _backends():
+        if status == "ok":
+            found.extend((name, d) for d in devices)
+    return found
+
+
+# ---------------------------------------------------------------------------- info
+def _backends() -> list[tuple[str, str, list[Any]]]:
+    """(backend, status, devices to test) for every backend this library knows."""
+    rows: list[tuple[str, str, list[Any]]] = []
+    for name in _backend.BACKENDS:
+        try:
+            xp = _backend.namespace(name)
+        except _backend.BackendError:
+            rows.append((name, "not installed", []))
+            continue
+        try:
+            devices = _devices(name, xp)
+        except Exception as exc:  # a CUDA library with no driver raises its own errors
+            rows.append((name, f"no usable device ({str(exc).splitlines()[0]})", []))
+            continue
+        rows.append((name, "ok", devices) if devices else (name, "no usable device", []))
+    return rows
+
+
+def _devices(name: str, xp: Any) -> list[Any]:
+    if name == "torch":
+        import torch
+
+        return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if name == "cupy":
+        import cupy
+
+        return list(range(cupy.cuda.runtime.getDeviceCount()))
+    if name == "jax":
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+    if name == "array_api_strict":
+        return [None, "device1"]
+    return [None]
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    table = Table(title=f"portable-mlp {__version__}: backends")
+    for column in ("backend", "version", "status", "devices"):
+        table.add_column(column)
+    for name, status, devices in _backends():
+        module = sys.modules.get({"jax": "jax"}.get(name, name))
+        version = getattr(module, "__version__", "-") if module is not None else "-"
+        table.add_row(
+            name, str(version), status, ", ".join(_device_label(name, d) for d in devices)
+        )
+    _console().print(table)
+    return 0
+
+
+def _device_label(name: str, device: Any) -> str:
+    if name == "torch" and str(device).startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(int(str(device).split(':')[1]))})"
+    if name == "cupy":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+        return f"cuda:{device} ({props['name'].decode()})"
+    return "default" if device is None else str(device)
