@@ -34,7 +34,9 @@ def _ns(xp: ModuleType | None, *arrays: Array) -> ModuleType:
 def linear(x: Array, W: Array, b: Array | None = None, *, xp: ModuleType | None = None) -> Array:
     """``y = x W + b``.  x: (n, p_in), W: (p_in, p_out), b: (p_out,) -> y: (n, p_out)."""
     y = x @ W  # (n, p_out) = (n, p_in) (p_in, p_out)
-    return y if b is None else y + b
+    if b is not None:
+        y += b  # y is new: adding in place saves a second (n, p_out) array (JAX rebinds)
+    return y
 
 
 def linear_backward(

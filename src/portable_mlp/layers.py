@@ -337,6 +337,13 @@ class Sequential(Module):
                 )
         self.layers: list[Module] = list(layers)
         self._linears = [(i, m) for i, m in enumerate(self.layers) if isinstance(m, Linear)]
+        # (key, layer, attribute) of every parameter, nested models flattened: the structure is
+        # fixed, so parameters() and gradients() need no string building per call.
+        self._slots: list[tuple[str, Module, str]] = [
+            (f"{i}.{key}", *_slot(layer, key))
+            for i, layer in enumerate(self.layers)
+            for key in layer.parameters()
+        ]
         self._check_chain()
         first = self._linears[0][1] if self._linears else None
         self._first: Linear | None = (
@@ -405,37 +412,30 @@ class Sequential(Module):
         return self._ref().p_in
 
     def parameters(self) -> dict[str, Array]:
-        return {
-            f"{i}.{name}": value
-            for i, layer in enumerate(self.layers)
-            for name, value in layer.parameters().items()
-        }
+        return {key: getattr(layer, attr) for key, layer, attr in self._slots}
 
     def gradients(self) -> dict[str, Array]:
-        grads = {
-            f"{i}.{name}": value
-            for i, layer in enumerate(self.layers)
-            for name, value in layer.gradients().items()
-        }
-        if len(grads) != len(self.parameters()):
-            raise RuntimeError(f"{self!r}.gradients() called before backward()")
-        return grads
+        try:
+            return {key: layer.gradients()[attr] for key, layer, attr in self._slots}
+        except KeyError:
+            raise RuntimeError(f"{self!r}.gradients() called before backward()") from None
 
     def set_parameters(self, params: Mapping[str, Array], *, check: bool = True) -> None:
-        if check:
-            expected = self.parameters()
-            if set(params) != set(expected):
-                missing, extra = (
-                    sorted(set(expected) - set(params)),
-                    sorted(set(params) - set(expected)),
-                )
-                raise KeyError(f"{self!r}.set_parameters(): missing {missing}, unexpected {extra}")
+        if not check:  # the optimizers' functional path: values known to fit
+            for key, layer, attr in self._slots:
+                setattr(layer, attr, params[key])
+            return
+        expected = self.parameters()
+        if set(params) != set(expected):
+            missing = sorted(set(expected) - set(params))
+            extra = sorted(set(params) - set(expected))
+            raise KeyError(f"{self!r}.set_parameters(): missing {missing}, unexpected {extra}")
         per_layer: dict[int, dict[str, Array]] = {}
         for key, value in params.items():
             position, _, name = key.partition(".")
             per_layer.setdefault(int(position), {})[name] = value
         for index, values in per_layer.items():
-            self.layers[index].set_parameters(values, check=check)
+            self.layers[index].set_parameters(values)
 
     def _check_input(self, x: Array) -> None:
         if self._linears:
@@ -462,6 +462,15 @@ class Sequential(Module):
             # The first layer's dx is work only when the caller wants dL/dx.
             dy = self.layers[i]._backward(dy, input_grad or i > 0)
         return dy
+
+
+def _slot(layer: Module, key: str) -> tuple[Module, str]:
+    """The leaf layer and attribute holding parameter ``key`` of ``layer`` (``"1.weight"``)."""
+    if isinstance(layer, Sequential):
+        for k, leaf, attr in layer._slots:
+            if k == key:
+                return leaf, attr
+    return layer, key
 
 
 def _make_activation(activation: str | Callable[[], Module]) -> Module:

@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from . import functional as F
-from ._backend import device, dtype_name, namespace_of
+from ._backend import device, dtype_name, isdtype, namespace_of
 
 Array = Any
 _REDUCTIONS = ("mean", "sum")
@@ -63,7 +63,7 @@ class Loss:
     def _check_logits(self, z: Array, y: Array, xp: ModuleType) -> None:
         if z.ndim != 2:
             raise ValueError(f"{self!r} expected z of shape (n, k), got {tuple(z.shape)}")
-        if not xp.isdtype(z.dtype, "real floating"):
+        if not isdtype(xp, z.dtype, "real floating"):
             raise TypeError(f"{self!r} expected floating z, got {dtype_name(z.dtype)}")
         if device(y) != device(z):
             raise ValueError(
@@ -79,7 +79,7 @@ class Loss:
     def _float_target(self, z: Array, y: Array, xp: ModuleType, *, integers_ok: bool) -> Array:
         if y.dtype == z.dtype:
             return y
-        if integers_ok and xp.isdtype(y.dtype, ("integral", "bool")):
+        if integers_ok and isdtype(xp, y.dtype, ("integral", "bool")):
             return xp.astype(y, z.dtype)  # 0/1 labels as numbers: exact in any float dtype
         raise TypeError(
             f"{self!r} expected y with the dtype of z ({dtype_name(z.dtype)}), got "
@@ -117,7 +117,7 @@ class CrossEntropyLoss(Loss):
     def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
         self._labels = y.ndim == 1
         if self._labels:
-            if not xp.isdtype(y.dtype, "integral"):
+            if not isdtype(xp, y.dtype, "integral"):
                 raise TypeError(
                     f"{self!r} expected integer class labels of shape (n,), got "
                     f"{dtype_name(y.dtype)}; for class probabilities pass y of shape (n, k)"
