@@ -78,3 +78,26 @@ def typecheck(session: nox.Session) -> None:
     """mypy (strict) over src/."""
     session.install("-e", ".", "mypy")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Timing and memory of a training step against references; not a test, not by default.
+
+    ``nox -s bench -- --quick``: arguments go to benchmarks/bench.py (default --out
+    benchmarks/results).
+    """
+    session.install(
+        "-e",
+        ".",
+        "torch",
+        "jax",
+        "array-api-strict",
+        "scikit-learn",
+        "matplotlib",
+        "threadpoolctl",
+    )
+    # A forced OpenBLAS core type or cache size (set for other work on some machines) can pick a
+    # slower kernel; the benchmark wants this machine's own, and reports the one that ran.
+    env: dict[str, str | None] = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    session.run("python", "benchmarks/bench.py", *session.posargs, env=env)
