@@ -50,8 +50,9 @@ PM = "portable_mlp"
 EAGER = "torch eager"
 SKLEARN = "sklearn"
 JIT = "jax.jit"
+LOOP = "numpy loop"
 FLOOR = "GEMM floor"
-METHOD_ORDER = (PM, EAGER, SKLEARN, JIT, FLOOR)
+METHOD_ORDER = (PM, EAGER, SKLEARN, JIT, LOOP, FLOOR)
 CPU_BACKENDS = ("numpy", "torch", "jax", "array_api_strict")
 GPU_BACKENDS = ("torch", "cupy", "jax")
 FLOOR_BACKENDS = ("numpy", "torch", "cupy")  # those with a matmul that writes into a buffer
@@ -212,6 +213,46 @@ def sklearn_method(size: Size, dtype: str) -> Method:
     )
 
 
+def numpy_loop_method(size: Size, dtype: str) -> Method:
+    """The same step hand-written in plain NumPy, as a notebook would: the overhead yardstick.
+
+    Same math as portable_mlp (ReLU MLP, stable BCE with logits or log-softmax cross-entropy,
+    plain SGD), no namespace, no checks, no layers.
+    """
+    rng = np.random.default_rng(0)
+    Ws = [(rng.normal(size=(a, b)) / np.sqrt(a)).astype(dtype) for a, b in size.layers]
+    bs = [np.zeros(b, dtype=dtype) for _, b in size.layers]
+    xh, yh = host_data(size)
+    x = xh.astype(dtype)
+    y = yh.astype(dtype) if size.loss == "bce" else np.eye(size.widths[-1], dtype=dtype)[yh]
+    n, last = size.n, len(Ws) - 1
+
+    def step() -> Any:
+        acts = [x]
+        for i, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+            z = acts[-1] @ W + b
+            acts.append(np.maximum(z, 0) if i < last else z)
+        z = acts[-1]
+        if size.loss == "bce":
+            e = np.exp(-np.abs(z))
+            value = np.mean(np.maximum(z, 0) - z * y + np.log1p(e))
+            dz = (np.where(z >= 0, 1.0, e) / (1 + e) - y) / z.size
+        else:
+            s = z - z.max(axis=1, keepdims=True)
+            logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+            value = -(y * logp).sum() / n
+            dz = (np.exp(logp) - y) / n
+        for i in range(last, -1, -1):
+            dW, db = acts[i].T @ dz, dz.sum(axis=0)
+            if i:
+                dz = (dz @ Ws[i].T) * (acts[i] > 0)
+            Ws[i] -= LR * dW
+            bs[i] -= LR * db
+        return value
+
+    return Method(size.name, "cpu", dtype, "numpy", LOOP, step, no_sync)
+
+
 def jax_jit_method(size: Size, device: str, dtype: str) -> Method:
     import jax
     import jax.numpy as jnp
@@ -369,6 +410,8 @@ def planned(size: Size, backends: list[str], device: str) -> list[tuple[str, str
             )
         if device == "cpu" and has_module("sklearn"):
             plan.append((dtype, "numpy", SKLEARN, lambda d=dtype: sklearn_method(size, d)))
+        if device == "cpu" and "numpy" in backends:
+            plan.append((dtype, "numpy", LOOP, lambda d=dtype: numpy_loop_method(size, d)))
         if dtype == "float32" and jax_usable(device):
             plan.append((dtype, "jax", JIT, lambda d=dtype: jax_jit_method(size, device, d)))
         for b in backends:
@@ -678,6 +721,54 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
     ]
 
 
+# The issue's targets, as same-run ratios: (label, backend, method, other method, bound, kind).
+# "ratio": ms(method) / ms(other) must be at most bound; "floor": floor fraction at least bound;
+# "speedup": ms(other) / ms(method) at least bound.
+TARGETS = [
+    ("S", "numpy vs the hand-written NumPy loop", "numpy", LOOP, "ratio", 1.2),
+    ("M", "numpy, fraction of the GEMM floor", "numpy", FLOOR, "floor", 0.75),
+    ("L", "numpy, fraction of the GEMM floor", "numpy", FLOOR, "floor", 0.90),
+    ("M", "numpy, speed-up over scikit-learn", "numpy", SKLEARN, "speedup", 3.0),
+    ("S", "torch vs PyTorch eager", "torch", EAGER, "ratio", 0.5),
+    ("M", "torch vs PyTorch eager", "torch", EAGER, "ratio", 0.9),
+    ("L", "torch vs PyTorch eager", "torch", EAGER, "ratio", 1.0),
+    ("XL", "torch, fraction of the GEMM floor", "torch", FLOOR, "floor", 0.80),
+    ("XL", "cupy, fraction of the GEMM floor", "cupy", FLOOR, "floor", 0.80),
+]
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The float32 targets met or missed in this run, as a markdown table."""
+    out = [
+        "",
+        "## Targets (float32, same run)",
+        "",
+        "| size | target | bound | measured | met |",
+        "|---|---|---:|---:|---|",
+    ]
+    for size, label, backend, other, kind, bound in TARGETS:
+        ours = [
+            r
+            for r in rows
+            if (r["size"], r["dtype"], r["backend"], r["method"]) == (size, "float32", backend, PM)
+        ]
+        ref = [r for r in rows if (r["size"], r["dtype"], r["method"]) == (size, "float32", other)]
+        if not ours or not ref:
+            continue
+        ref_ms = min(r["ms"] for r in ref)
+        value = {
+            "ratio": ours[0]["ms"] / ref_ms,
+            "floor": ref_ms / ours[0]["ms"],
+            "speedup": ref_ms / ours[0]["ms"],
+        }[kind]
+        met = value <= bound if kind == "ratio" else value >= bound
+        sign = "<=" if kind == "ratio" else ">="
+        out.append(
+            f"| {size} | {label} | {sign} {bound} | {value:.2f} | {'yes' if met else 'NO'} |"
+        )
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# portable_mlp: one training step (forward, loss, backward, SGD update)",
@@ -697,6 +788,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['ms']:.3f} | {r['ms_q1']:.3f}-{r['ms_q3']:.3f} | {r['samples_per_s']:,.0f} "
             f"| {fmt(r['ratio_to_torch_eager'], '.2f')} | {fmt(r['floor_fraction'], '.2f')} |"
         )
+    lines += targets(report["results"])
     for s in report["skipped"]:
         lines.append(
             f"\nSkipped {s['size']} {s['backend']} {s['method']} {s['dtype']}: {s['error']}"

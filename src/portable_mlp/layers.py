@@ -18,7 +18,7 @@ from ._backend import (
     check_array,
     dtype_name,
     from_numpy,
-    linear_kernel,
+    kernels,
     namespace,
     namespace_of,
     resolve_device,
@@ -125,7 +125,7 @@ class Linear(Module):
         self.grads: dict[str, Array] = {}
         self._x: Array | None = None
         self._out_shape: tuple[int, ...] | None = None
-        self._addmm = linear_kernel(self.xp)
+        self._addmm = kernels(self.xp).linear  # a fused x W + b, where the backend has one
 
     def __repr__(self) -> str:
         extra = "" if self.bias is not None else ", bias=False"
@@ -181,9 +181,7 @@ class Linear(Module):
 
     def _forward(self, x: Array, cache: bool) -> Array:
         if self._addmm is not None and self.bias is not None:
-            y = self._addmm(
-                self.bias, x, self.weight
-            )  # the fused x W + b, where the backend has it
+            y = self._addmm(self.bias, x, self.weight)
         else:
             y = F.linear(x, self.weight, self.bias, xp=self.xp)
         self._x = x if cache else None
@@ -239,10 +237,12 @@ class ReLU(_Activation):
     """``max(x, 0)``."""
 
     def _f(self, x: Array, xp: ModuleType) -> Array:
-        return F.relu(x, xp=xp)
+        fast = kernels(xp).relu
+        return F.relu(x, xp=xp) if fast is None else fast(x)
 
     def _df(self, dy: Array, saved: Array, xp: ModuleType | None) -> Array:
-        return F.relu_backward(dy, saved, xp=xp)
+        fast = None if xp is None else kernels(xp).relu_backward
+        return F.relu_backward(dy, saved, xp=xp) if fast is None else fast(dy, saved)
 
 
 class Sigmoid(_Activation):

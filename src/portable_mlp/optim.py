@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from ._backend import is_mutable
+from ._backend import is_mutable, kernels
 from .layers import Module
 from .losses import Loss
 
@@ -88,6 +88,10 @@ class Optimizer:
         if self.max_grad_norm is not None:
             grads, _ = clip_grad_norm(grads, self.max_grad_norm, xp=self.xp)
         self.steps += 1
+        self._apply(params, grads)
+
+    def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+        """Update every parameter; the portable form goes one parameter at a time."""
         new = {k: self._update(k, p, grads[k]) for k, p in params.items()}
         if not self.in_place:
             self.model.set_parameters(new, check=False)
@@ -155,6 +159,23 @@ class SGD(Optimizer):
             raise ValueError("SGD nesterov=True needs momentum > 0")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
+
+    def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+        if self.momentum or self.weight_decay:
+            super()._apply(params, grads)
+            return
+        # Plain SGD, p -= lr g: no state, so no per-parameter bookkeeping either.
+        fast = kernels(self.xp).add_scaled_
+        lr = self.lr
+        if fast is not None:  # one fused call for all parameters
+            fast(list(params.values()), [grads[k] for k in params], -lr)
+        elif self.in_place:
+            for key, p in params.items():
+                p -= lr * grads[key]
+        else:
+            self.model.set_parameters(
+                {k: p - lr * grads[k] for k, p in params.items()}, check=False
+            )
 
     def _update(self, key: str, p: Array, g: Array) -> Array:
         if self.weight_decay:
