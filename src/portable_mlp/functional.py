@@ -101,7 +101,7 @@ def leaky_relu_backward(
 def sigmoid(z: Array, *, xp: ModuleType | None = None) -> Array:
     """``1 / (1 + exp(-z))`` without overflow: only ``exp(-|z|) <= 1`` is ever taken."""
     xp = _ns(xp, z)
-    e = xp.exp(-xp.abs(z))
+    e = exp_neg_abs(z, xp=xp)
     s = 1.0 / (1.0 + e)  # sigmoid(|z|); sigmoid(-|z|) = e s
     m = _indicator(z >= 0, z.dtype, xp)
     return s * (m + e * (1.0 - m))  # s where z >= 0, else e s
@@ -169,22 +169,40 @@ def _reduce(per_element: Array, reduction: Reduction, *, xp: ModuleType) -> Arra
     return total / math.prod(per_element.shape) if reduction == "mean" else total
 
 
+def exp_neg_abs(z: Array, *, xp: ModuleType | None = None) -> Array:
+    """``exp(-|z|)``, in (0, 1]: the one exponential the stable sigmoid and BCE forms take."""
+    xp = _ns(xp, z)
+    return xp.exp(-xp.abs(z))
+
+
 def bce_with_logits(
-    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+    z: Array,
+    y: Array,
+    *,
+    reduction: Reduction = "mean",
+    xp: ModuleType | None = None,
+    e: Array | None = None,
 ) -> Array:
     """Binary cross-entropy of sigmoid(z) against targets y in [0, 1], from the logits z.
 
     ``max(z, 0) - z y + log1p(exp(-|z|))``: only ``exp`` of a non-positive number is taken,
     so logits of +-1e4 give finite, correct values. (The seed's final form took ``exp`` of
-    ``max(z, 0)`` and overflowed.)  z, y: (n, k) -> 0-d.
+    ``max(z, 0)`` and overflowed.)  z, y: (n, k) -> 0-d. ``e``: :func:`exp_neg_abs` of ``z``
+    where the caller has it already.
     """
     xp = _ns(xp, z)
-    per_element = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+    e = exp_neg_abs(z, xp=xp) if e is None else e
+    per_element = xp.maximum(z, 0.0) - z * y + xp.log1p(e)
     return _reduce(per_element, reduction, xp=xp)
 
 
 def bce_with_logits_backward(
-    z: Array, y: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
+    z: Array,
+    y: Array,
+    *,
+    reduction: Reduction = "mean",
+    xp: ModuleType | None = None,
+    e: Array | None = None,
 ) -> Array:
     """dL/dz of :func:`bce_with_logits`: ``(sigmoid(z) - y) / N`` for the mean over N elements.
 
@@ -192,7 +210,7 @@ def bce_with_logits_backward(
     ``sigmoid(z) - y = (1 - y) - sigmoid(-z)``, so y = 1, z = 30 gives -9.4e-14, not 0.
     """
     xp = _ns(xp, z)
-    e = xp.exp(-xp.abs(z))
+    e = exp_neg_abs(z, xp=xp) if e is None else e
     tail = e / (1.0 + e)  # sigmoid(-|z|), accurate however small
     m = _indicator(z >= 0, z.dtype, xp)
     dz = (m - y) + tail * (1.0 - 2.0 * m)  # (1 - y) - tail where z >= 0, else tail - y

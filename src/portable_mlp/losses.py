@@ -26,7 +26,7 @@ class Loss:
                 f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}"
             )
         self.reduction: F.Reduction = reduction
-        self._cache: tuple[Array, Array, ModuleType] | None = None
+        self._cache: tuple[Any, ...] | None = None  # what _backward needs, namespace last
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
@@ -45,14 +45,13 @@ class Loss:
             raise RuntimeError(
                 f"{self!r}.backward() called before forward() (or twice for one forward)"
             )
-        a, b, xp = self._cache
-        self._cache = None
-        return self._backward(a, b, xp)
+        cache, self._cache = self._cache, None
+        return self._backward(*cache)
 
     def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
         raise NotImplementedError
 
-    def _backward(self, a: Array, b: Array, xp: ModuleType) -> Array:
+    def _backward(self, *cache: Any) -> Array:
         raise NotImplementedError
 
     def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
@@ -98,11 +97,12 @@ class BCEWithLogitsLoss(Loss):
         return self._float_target(z, y, xp, integers_ok=True)
 
     def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
-        self._cache = (z, target, xp)
-        return F.bce_with_logits(z, target, reduction=self.reduction, xp=xp)
+        e = F.exp_neg_abs(z, xp=xp)  # shared by the loss and its gradient
+        self._cache = (z, target, e, xp)
+        return F.bce_with_logits(z, target, reduction=self.reduction, xp=xp, e=e)
 
-    def _backward(self, z: Array, target: Array, xp: ModuleType) -> Array:
-        return F.bce_with_logits_backward(z, target, reduction=self.reduction, xp=xp)
+    def _backward(self, z: Array, target: Array, e: Array, xp: ModuleType) -> Array:
+        return F.bce_with_logits_backward(z, target, reduction=self.reduction, xp=xp, e=e)
 
 
 class CrossEntropyLoss(Loss):
