@@ -121,6 +121,16 @@ def test_misuse_is_one_line_and_status_2(
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_continuous_labels_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = tmp_path / "reg.csv"
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{a:.3f},{b:.3f},{a + b:.3f}" for a, b in rng.normal(size=(20, 2)))
+    data.write_text("a,b,price\n" + rows + "\n")
+    status, _, err = _run(capsys, "train", "--data", str(data), "--target", "price", "--quiet")
+    assert status == 2 and "Unknown label type: continuous" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_no_cuda_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
