@@ -379,8 +379,7 @@ class _BaseMLP:
                 eval_loss, eval_score = self._evaluate(*evaluation)
                 self.eval_loss_curve_.append(eval_loss)
                 self.eval_scores_.append(eval_score)
-            if incremental:
-                continue
+            improved = True
             if validation is not None:
                 score = self._evaluate(*validation)[1]
                 assert (
@@ -391,13 +390,15 @@ class _BaseMLP:
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
                     best_params = self._copy_params()
-            else:
+            elif not incremental:
                 assert self.best_loss_ is not None
                 improved = epoch_loss <= self.best_loss_ - self.tol
                 self.best_loss_ = min(self.best_loss_, epoch_loss)
-            self._no_improvement = 0 if improved else self._no_improvement + 1
             if progress is not None:
-                progress.end_epoch(epoch_loss, self.validation_scores_)
+                progress.end_epoch(epoch_loss, self.validation_scores_ or self.eval_scores_)
+            if incremental:
+                continue
+            self._no_improvement = 0 if improved else self._no_improvement + 1
             if self._no_improvement > self.n_iter_no_change:
                 if progress is not None:
                     what = "Validation score" if validation is not None else "Training loss"
@@ -425,18 +426,22 @@ class _BaseMLP:
         progress: _Progress | None = None,
     ) -> list[Array]:
         """One pass over the data; returns each step's summed loss as 0-d arrays (no sync)."""
-        xp = self.model_.xp
         out = []
         for s, e in bounds:
-            if order is None:
-                xb, tb = X[s:e, ...], T[s:e, ...]
-            else:
-                idx = order[s:e]
-                xb, tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
-            out.append(self._step(xb, tb, loss) * float(e - s))
+            out.append(self._step(*self._batch(X, T, order, s, e), loss) * float(e - s))
             if progress is not None:
                 progress.step(out, e)
         return out
+
+    def _batch(
+        self, X: Array, T: Array, order: Array | None, s: int, e: int
+    ) -> tuple[Array, Array]:
+        """Rows ``s:e`` of the epoch's order, gathered on the device (a slice if unshuffled)."""
+        if order is None:
+            return X[s:e, ...], T[s:e, ...]
+        idx = order[s:e]
+        xp = self.model_.xp
+        return xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
 
     def _step(self, xb: Array, tb: Array, loss: Loss) -> Array:
         """forward, loss, backward, L2 penalty, update; returns the batch's mean loss (0-d)."""
@@ -460,11 +465,13 @@ class _BaseMLP:
         self._optimizer.load_state_dict(opt_state)
 
     def _weights_finite(self) -> bool:
+        """Whether every weight is finite: one read-back for all parameters."""
         xp = self.model_.xp
-        return all(
-            bool(_backend.to_numpy(xp.all(xp.isfinite(v))))
-            for v in self.model_.parameters().values()
-        )
+        finite = None
+        for v in self.model_.parameters().values():
+            ok = xp.all(xp.isfinite(v))
+            finite = ok if finite is None else xp.logical_and(finite, ok)
+        return bool(_backend.to_numpy(finite))
 
     def _recover(
         self,
@@ -482,12 +489,8 @@ class _BaseMLP:
         self._restore(snapshot)
         good = snapshot
         kept = 0
-        xp = self.model_.xp
         for i, (s, e) in enumerate(bounds[:bad]):
-            idx = order[s:e] if order is not None else None
-            xb = X[s:e, ...] if idx is None else xp.take(X, idx, axis=0)
-            tb = T[s:e, ...] if idx is None else xp.take(T, idx, axis=0)
-            self._step(xb, tb, loss)
+            self._step(*self._batch(X, T, order, s, e), loss)
             if not self._weights_finite():
                 break
             good, kept = self._snapshot(), i + 1
