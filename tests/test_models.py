@@ -180,6 +180,9 @@ def test_layers_nest(case: Case) -> None:
     x = case.array(rng.normal(size=(3, 3)), "float64")
     dy = case.array(rng.normal(size=(3, 2)), "float64")
     assert max(parity(model, x, dy=dy).values()) <= TOL["float64"]
+    outer = pm.Sequential(pm.Sequential(pm.Linear(3, 2, **kw)), pm.ReLU())
+    assert outer.backend == case.backend and outer.device == case.resolved_device
+    pm.SGD(outer)  # the optimizer finds the namespace through the nested Linear
 
 
 # --------------------------------------------------------------------------- random architectures

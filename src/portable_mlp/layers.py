@@ -387,9 +387,10 @@ class Sequential(Module):
 
     # The model's backend, dtype and device are its (first) Linear's.
     def _ref(self) -> Linear:
-        if not self._linears:
-            raise AttributeError(f"{self!r} has no Linear layer, so no backend, dtype or device")
-        return self._linears[0][1]
+        for _, layer, _ in self._slots:  # nested models included
+            if isinstance(layer, Linear):
+                return layer
+        raise AttributeError(f"{self!r} has no Linear layer, so no backend, dtype or device")
 
     @property
     def xp(self) -> ModuleType:
