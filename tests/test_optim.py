@@ -176,3 +176,21 @@ def test_optimizer_misuse() -> None:
         pm.SGD(model).step({"0.weight": model.parameters()["0.weight"]})
     with pytest.raises(RuntimeError, match="before backward"):
         pm.SGD(model).step()
+
+
+def test_train_step_l2_term_leaves_the_layer_gradients_alone() -> None:
+    layer = pm.Linear(3, 2, rng=0, dtype="float64")
+    x, y = np.ones((4, 3)), np.zeros((4, 2))
+    pm.train_step(layer, pm.MSELoss(), pm.SGD(layer, lr=0.1), x, y, alpha=10.0)
+    loss = pm.MSELoss()
+    start = {k: v.copy() for k, v in layer.parameters().items()}
+    layer.set_parameters(start)
+    loss.forward(layer.forward(x), y)
+    layer.backward(loss.backward())
+    plain = {k: v.copy() for k, v in layer.gradients().items()}
+    layer.set_parameters({k: v.copy() for k, v in start.items()})
+    pm.train_step(layer, pm.MSELoss(), pm.SGD(layer, lr=0.1), x, y, alpha=10.0)
+    for k in plain:  # dW, db of the data loss only: the penalty went to the update, not here
+        np.testing.assert_array_equal(layer.gradients()[k], plain[k])
+    expected_W = start["weight"] - 0.1 * (plain["weight"] + 10.0 / 4 * start["weight"])
+    np.testing.assert_allclose(layer.weight, expected_W, rtol=1e-12)

@@ -344,9 +344,10 @@ def train_step(
         xp = optimizer.xp
         scale = float(alpha) / x.shape[0]
         penalty = None
+        grads = dict(grads)  # a Linear hands out its own dict: leave the layer's gradients alone
         for key, W in model.parameters().items():
             if key.endswith("weight"):
-                grads = {**grads, key: grads[key] + scale * W}
+                grads[key] = grads[key] + scale * W
                 s = xp.sum(W * W)
                 penalty = s if penalty is None else penalty + s
         value = value + (0.5 * scale) * penalty
