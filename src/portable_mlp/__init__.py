@@ -5,14 +5,17 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import checkpoints, datasets, functional, init, losses, optim
+from . import checkpoints, datasets, functional, init, losses, models, optim, training
 from ._backend import (
     BACKENDS,
+    Array,
     BackendError,
+    Placement,
     asarray,
     installed_backends,
     namespace,
     namespace_of,
+    placement,
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
@@ -23,22 +26,12 @@ from .estimator import (
     NotFittedError,
     TrainingError,
 )
-from .layers import (
-    GELU,
-    MLP,
-    Identity,
-    LeakyReLU,
-    Linear,
-    Module,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    Tanh,
-    from_config,
-)
+from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, train_step
+from .models import MLP, Sequential, from_config
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
 from .testing import GradcheckError, GradcheckResult, gradcheck
+from .training import train_step
 
 __version__ = "0.1.0"
 
@@ -49,6 +42,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Array",
     "BCEWithLogitsLoss",
     "BackendError",
     "CheckpointError",
@@ -66,6 +60,7 @@ __all__ = [
     "MSELoss",
     "Module",
     "NotFittedError",
+    "Placement",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -83,10 +78,13 @@ __all__ = [
     "installed_backends",
     "load",
     "losses",
+    "models",
     "namespace",
     "namespace_of",
     "optim",
+    "placement",
     "save",
     "to_numpy",
     "train_step",
+    "training",
 ]

@@ -1,22 +1,35 @@
 """Everything that knows which array library is in use.
 
-The layers, losses and optimizers receive an array namespace ``xp`` and never import a backend.
-This module is the one place that does: it turns a backend name into a namespace, resolves devices
-and dtypes, moves host (NumPy) arrays onto a backend and back, and checks that arrays agree with
-the parameters they meet. Each backend quirk handled here carries a comment saying why.
+The layers, losses and optimizers receive an array namespace ``xp`` (or a :class:`Placement`,
+which carries it) and never import a backend. This module is the one place that does. It holds
+
+- :data:`TABLE`, one :class:`Backend` per array library with every fact the rest of the code,
+  the command line, the tests and the benchmarks ask about it: how to import it, its devices and
+  their human names, how to copy to the host, how to wait for it, how to enable float64, whether
+  its arrays can be updated in place, and its :class:`Kernels`;
+- :class:`Placement`, the (backend, device, dtype) triple every array of a model shares, made
+  once by :func:`placement` and handed to every layer, model, optimizer and estimator;
+- the helpers that turn user spellings into namespaces, devices and dtypes, move host arrays onto
+  a placement and back, and refuse arrays that do not belong (each error names both sides).
+
+Each backend quirk handled here carries a comment saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import numpy as np
+
+#: Any backend's array. One alias for the whole package: the array API has no common base class.
+Array = Any
 
 #: Backend names accepted wherever a ``backend=`` argument is, in the order they are tried.
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
@@ -24,62 +37,474 @@ BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
 _ALIASES = {"strict": "array_api_strict", "array-api-strict": "array_api_strict"}
 _FLOATS = ("float32", "float64")
 
-# array_namespace() costs 2-35 us; the namespace of an array depends only on its type.
-_NAMESPACE_OF_TYPE: dict[type, ModuleType] = {}
-
 
 class BackendError(ValueError):
     """A backend, device or dtype that cannot be used here (not installed, no GPU, ...)."""
 
 
 # --------------------------------------------------------------------------------------------
+# Kernels: the operations a backend may do faster than the portable form
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kernels:
+    """The few operations where a backend's own kernel was measured to beat the portable form.
+
+    Every field is always set: :func:`portable_kernels` fills them with the portable forms, and a
+    backend replaces the ones it does faster, so a caller never branches. Each replacement is
+    tested against the portable form (tests/test_kernels.py).
+    """
+
+    linear: Callable[[Array, Array, Array | None], Array]  # (x, W, b) -> x W + b
+    relu: Callable[[Array], Array]  # x -> max(x, 0)
+    relu_backward: Callable[[Array, Array], Array]  # (dy, y) -> dy where y > 0, else 0
+    # (params, grads, a) -> [p + a g]: in place (the same arrays back) where arrays are mutable
+    add_scaled: Callable[[list[Array], list[Array], float], list[Array]]
+
+
+def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
+    """The portable forms of every kernel, for ``xp``."""
+    from . import functional as F  # functional imports this module; it is complete by now
+
+    def add_scaled(params: list[Array], grads: list[Array], a: float) -> list[Array]:
+        if not mutable:
+            return [p + a * g for p, g in zip(params, grads, strict=True)]
+        for p, g in zip(params, grads, strict=True):
+            p += a * g
+        return params
+
+    return Kernels(
+        linear=lambda x, W, b: F.linear(x, W, b, xp=xp),
+        relu=lambda x: F.relu(x, xp=xp),
+        relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
+        add_scaled=add_scaled,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The backend table
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """The facts about one array library; :data:`TABLE` holds one per supported backend.
+
+    Subclasses override what differs; the defaults are those of a CPU-only, mutable,
+    array-API-native library.
+    """
+
+    name: str
+    module: str  # imported for the namespace ("jax.numpy")
+    package: str  # whose __version__ is reported ("jax")
+    install: str  # what `pip install` takes
+    mutable: bool = True  # arrays can be updated in place (optimizers then update in place)
+    is_host: bool = False  # arrays are host NumPy arrays (results go back as they came)
+
+    # ---- namespaces
+    def namespace(self) -> ModuleType:
+        """The array API namespace (array-api-compat's wrapper where the library needs one)."""
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError as exc:
+            raise BackendError(
+                f"backend {self.name!r} is not installed ({exc}); pip install {self.install} "
+                f"(installed: {', '.join(installed_backends()) or 'none'})"
+            ) from exc
+        return self.namespace_of_module(mod)
+
+    def namespace_of_module(self, mod: ModuleType) -> ModuleType:
+        return mod
+
+    def installed(self) -> bool:
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        mod = importlib.import_module(self.package)
+        return str(getattr(mod, "__version__", "-"))
+
+    # ---- devices
+    def devices(self) -> list[Any]:
+        """User spellings of the devices present here, the default first (may raise for a
+        library whose driver is missing)."""
+        return [None]
+
+    def test_devices(self) -> list[Any]:
+        """The devices the test matrix covers: the default and, where the library has one, a
+        non-default device (so a result that lands on the default is caught)."""
+        return self.devices()
+
+    def describe(self, device: Any) -> str:
+        """A person's name for a device: ``"cuda:0 (NVIDIA H200)"``, ``"cpu"``."""
+        return "default" if device is None else str(device)
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        """The device object for a user's spelling (``None``: the default)."""
+        if spec is None:
+            return xp.__array_namespace_info__().default_device()
+        return _checked_member(spec, xp.__array_namespace_info__().devices(), self.name)
+
+    def device_spec(self, device: Any) -> Any:
+        """A plain spelling of ``device`` that :meth:`resolve_device` turns back into it
+        (for pickling and configs): a str or int."""
+        return str(device)
+
+    # ---- dtypes
+    def enable_float64(self) -> None:
+        """Make float64 usable, where the library needs to be told (before arrays are made)."""
+
+    def float64_hint(self) -> str:
+        return ""
+
+    # ---- moving and waiting
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        """A host NumPy copy (a transfer from an accelerator)."""
+        return np.array(x, copy=True)
+
+    def sync(self, x: Array | None, device: Any) -> None:
+        """Wait until the work that produces ``x`` (or all work on ``device``) is done."""
+
+    # ---- kernels
+    def kernels(self, xp: ModuleType) -> Kernels:
+        return portable_kernels(xp, mutable=self.mutable)
+
+    def floating_point_errors_quiet(self) -> contextlib.AbstractContextManager[Any]:
+        """Silence the library's own floating-point warnings, where it has any."""
+        return contextlib.nullcontext()
+
+
+def _checked_member(dev: Any, devices: Any, name: str) -> Any:
+    if dev not in list(devices):
+        raise BackendError(f"{dev!r} is not a {name} device; expected one of {list(devices)}")
+    return dev
+
+
+@dataclass(frozen=True)
+class _NumPy(Backend):
+    is_host: bool = True
+
+    def namespace_of_module(self, mod: ModuleType) -> ModuleType:
+        # NumPy's own namespace is not quite the standard (NumPy 1.26 is not at all).
+        return importlib.import_module("array_api_compat.numpy")
+
+    def devices(self) -> list[Any]:
+        return [None]
+
+    def describe(self, device: Any) -> str:
+        return "cpu"
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        if spec is None or spec == "cpu":
+            return "cpu"
+        raise BackendError(f"NumPy arrays live on the 'cpu' device, not {spec!r}")
+
+    def floating_point_errors_quiet(self) -> contextlib.AbstractContextManager[Any]:
+        # NumPy warns on every overflow of a diverging run; the trainer detects non-finite values
+        # itself and raises one clear error instead.
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+
+@dataclass(frozen=True)
+class _Strict(_NumPy):
+    is_host: bool = False
+
+    def namespace_of_module(self, mod: ModuleType) -> ModuleType:
+        return mod
+
+    def test_devices(self) -> list[Any]:
+        # device1: a non-default device, so any result that lands on the default is caught.
+        return [None, "device1"]
+
+    def describe(self, device: Any) -> str:
+        if device is None:
+            return "default"
+        return device if isinstance(device, str) else str(self.device_spec(device))
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        devices = xp.__array_namespace_info__().devices()
+        if spec is None:
+            return xp.__array_namespace_info__().default_device()
+        if isinstance(spec, str):
+            import array_api_strict
+
+            try:
+                spec = array_api_strict.Device(spec)
+            except ValueError:
+                raise BackendError(
+                    f"{spec!r} is not a {self.name} device; expected one of {list(devices)}"
+                ) from None
+        return _checked_member(spec, devices, self.name)
+
+    def device_spec(self, device: Any) -> Any:
+        return str(device._device)  # Device("device1") keeps its name there, and nowhere public
+
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        # Strict refuses __array__ off its CPU device; DLPack works from any of its devices.
+        return np.array(np.from_dlpack(x), copy=True)
+
+
+@dataclass(frozen=True)
+class _Torch(Backend):
+    def namespace_of_module(self, mod: ModuleType) -> ModuleType:
+        return importlib.import_module("array_api_compat.torch")
+
+    def devices(self) -> list[Any]:
+        import torch
+
+        return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+
+    def describe(self, device: Any) -> str:
+        import torch
+
+        d = torch.device(device)
+        if d.type == "cuda":
+            index = torch.cuda.current_device() if d.index is None else d.index
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        return str(d)
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        import torch
+
+        if spec is None:
+            return xp.__array_namespace_info__().default_device()
+        try:
+            d = torch.device(spec)
+        except (RuntimeError, TypeError) as exc:
+            raise BackendError(f"not a torch device: {spec!r}") from exc
+        if d.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendError(f"device {spec!r} asked for, but torch sees no CUDA device")
+            index = torch.cuda.current_device() if d.index is None else d.index
+            if index >= torch.cuda.device_count():
+                raise BackendError(
+                    f"device {spec!r} asked for, but torch sees "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
+            d = torch.device("cuda", index)
+        return d
+
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        return np.array(x.detach().cpu().numpy(), copy=True)
+
+    def sync(self, x: Array | None, device: Any) -> None:
+        import torch
+
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def kernels(self, xp: ModuleType) -> Kernels:
+        import torch
+
+        def linear(x: Array, W: Array, b: Array | None) -> Array:
+            return x @ W if b is None else torch.addmm(b, x, W)
+
+        def relu_backward(dy: Array, y: Array) -> Array:
+            return torch.ops.aten.threshold_backward(dy, y, 0)
+
+        def add_scaled(params: list[Array], grads: list[Array], a: float) -> list[Array]:
+            torch._foreach_add_(params, grads, alpha=a)
+            return params
+
+        # Every compat-wrapped call costs microseconds of type promotion and scalar wrapping,
+        # which dominates small steps. addmm does x W + b in one kernel with no temporary; relu
+        # and threshold_backward (autograd's own ReLU gradient) are one kernel each where the
+        # portable forms take two to four; one _foreach_add_ updates all parameters at once.
+        return Kernels(
+            linear=linear, relu=torch.relu, relu_backward=relu_backward, add_scaled=add_scaled
+        )
+
+
+@dataclass(frozen=True)
+class _Jax(Backend):
+    mutable: bool = False  # JAX arrays are immutable: optimizers hand back new arrays
+
+    def devices(self) -> list[Any]:
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+
+    def describe(self, device: Any) -> str:
+        kind = getattr(device, "device_kind", "")
+        spec = device if isinstance(device, str) else self.device_spec(device)
+        return f"{spec} ({kind})" if kind and kind != "cpu" else str(spec)
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        import jax
+
+        if spec is None:
+            # JAX reports None ("wherever JAX puts it"); a fresh array's device is concrete.
+            return device(xp.zeros(()))
+        if isinstance(spec, str):
+            platform, _, index = spec.partition(":")
+            platform = {"cuda": "gpu"}.get(platform, platform)
+            try:
+                found = jax.devices(platform)
+            except RuntimeError as exc:
+                raise BackendError(f"JAX has no {platform!r} device for {spec!r}: {exc}") from exc
+            i = int(index or 0)
+            if i >= len(found):
+                raise BackendError(f"JAX has {len(found)} {platform} device(s), asked for {spec!r}")
+            return found[i]
+        return _checked_member(spec, jax.devices(), self.name)
+
+    def device_spec(self, device: Any) -> Any:
+        return f"{device.platform}:{device.id}"
+
+    def enable_float64(self) -> None:
+        importlib.import_module("jax").config.update("jax_enable_x64", True)
+
+    def float64_hint(self) -> str:
+        return "; enable it with jax.config.update('jax_enable_x64', True) before making arrays"
+
+    def sync(self, x: Array | None, device: Any) -> None:
+        if x is not None:
+            x.block_until_ready()
+
+
+@dataclass(frozen=True)
+class _CuPy(Backend):
+    def namespace_of_module(self, mod: ModuleType) -> ModuleType:
+        return importlib.import_module("array_api_compat.cupy")
+
+    def devices(self) -> list[Any]:
+        import cupy
+
+        return list(range(cupy.cuda.runtime.getDeviceCount()))
+
+    def describe(self, device: Any) -> str:
+        import cupy
+
+        index = device if isinstance(device, int) else int(getattr(device, "id", 0))
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        return f"cuda:{index} ({props['name'].decode()})"
+
+    def resolve_device(self, xp: ModuleType, spec: Any) -> Any:
+        import cupy
+
+        if spec is None:
+            return xp.__array_namespace_info__().default_device()
+        if isinstance(spec, str):
+            platform, _, index = spec.partition(":")
+            if platform not in ("cuda", "gpu"):
+                raise BackendError(f"CuPy arrays live on CUDA devices, not {spec!r}")
+            spec = int(index or 0)
+        if isinstance(spec, int):
+            count = cupy.cuda.runtime.getDeviceCount()
+            if spec >= count:
+                raise BackendError(f"CuPy sees {count} CUDA device(s), asked for {spec}")
+            spec = cupy.cuda.Device(spec)
+        return spec
+
+    def device_spec(self, device: Any) -> Any:
+        return int(device.id)
+
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        return np.asarray(x.get())
+
+    def sync(self, x: Array | None, device: Any) -> None:
+        device.synchronize()
+
+
+@dataclass(frozen=True)
+class _Other(Backend):
+    """Any other array-API namespace a user hands in (ndonnx, say): portable forms, updated
+    functionally (nothing is assumed about in-place updates), copied to the host by DLPack."""
+
+    mutable: bool = False
+
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        try:
+            return np.array(np.from_dlpack(x), copy=True)
+        except (TypeError, AttributeError, RuntimeError, BufferError):
+            return np.array(x, copy=True)
+
+
+#: Every supported backend's facts, by name; the one place the rest of the code asks.
+TABLE: dict[str, Backend] = {
+    "numpy": _NumPy("numpy", "numpy", "numpy", "numpy"),
+    "array_api_strict": _Strict(
+        "array_api_strict", "array_api_strict", "array_api_strict", "array-api-strict"
+    ),
+    "torch": _Torch("torch", "torch", "torch", "torch"),
+    "jax": _Jax("jax", "jax.numpy", "jax", "jax"),
+    "cupy": _CuPy("cupy", "cupy", "cupy", "cupy-cuda12x"),
+}
+
+
+def _refused(xp: ModuleType) -> str | None:
+    """Why a namespace cannot hold a model's arrays, or None."""
+    if array_api_compat.is_dask_namespace(xp):
+        # Dask builds a task graph per operation (a step at batch 256 cost 34-38 ms against 3 ms
+        # on NumPy) and its `p -= g` only rebinds the name: an optimizer would silently leave
+        # the weights unchanged. Dask is for data larger than memory, around a NumPy model.
+        return (
+            "Dask arrays cannot hold a model's parameters (each operation builds a graph, and "
+            "in-place updates do not reach the array); train a NumPy model on Dask data with "
+            "dask_ml.wrappers.Incremental, or call .compute() on each batch"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # Namespaces
 # --------------------------------------------------------------------------------------------
-def namespace(backend: str | ModuleType) -> ModuleType:
-    """The array API namespace for a backend name or module.
+_BACKEND_OF_NAMESPACE: dict[ModuleType, Backend] = {}
+# array_namespace() costs 2-35 us; the namespace of an array depends only on its type.
+_NAMESPACE_OF_TYPE: dict[type, ModuleType] = {}
+
+
+def backend_of(xp: ModuleType) -> Backend:
+    """The :class:`Backend` (table entry) of a namespace; unknown namespaces get generic facts."""
+    found = _BACKEND_OF_NAMESPACE.get(xp)
+    if found is None:
+        for name, check in (
+            ("numpy", array_api_compat.is_numpy_namespace),
+            ("torch", array_api_compat.is_torch_namespace),
+            ("cupy", array_api_compat.is_cupy_namespace),
+            ("jax", array_api_compat.is_jax_namespace),
+            ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
+        ):
+            if check(xp):
+                found = TABLE[name]
+                break
+        else:
+            found = _Other(str(getattr(xp, "__name__", xp)), "", "", "")
+        _BACKEND_OF_NAMESPACE[xp] = found
+    return found
+
+
+def namespace(backend: str | ModuleType | Placement) -> ModuleType:
+    """The array API namespace for a backend name, module or placement.
 
     ``"numpy"``, ``"torch"`` and ``"cupy"`` give array-api-compat's wrappers; ``"jax"`` gives
     ``jax.numpy`` and ``"array_api_strict"`` the strict reference, both used natively. A module
-    (``numpy``, ``torch``, ``jax.numpy``, a compat wrapper, ...) is mapped the same way.
+    (``numpy``, ``torch``, ``jax.numpy``, a compat wrapper, another array-API library) is mapped
+    the same way.
     """
+    if isinstance(backend, Placement):
+        return backend.xp
     if isinstance(backend, ModuleType):
-        return _namespace_of_module(backend)
+        for entry in TABLE.values():
+            if entry.installed() and backend_of(backend) is entry:
+                return entry.namespace()
+        reason = _refused(backend)
+        if reason is not None:
+            raise BackendError(reason)
+        if not hasattr(backend, "__array_namespace_info__"):
+            raise BackendError(f"{backend.__name__} is not an array namespace this library knows")
+        return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name or an array namespace, got {backend!r}")
     name = _ALIASES.get(backend, backend)
-    if name not in BACKENDS:
+    if name == "dask":
+        raise BackendError(_refused(importlib.import_module("array_api_compat.dask.array")))
+    if name not in TABLE:
         raise BackendError(
             f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)} "
             f"(installed: {', '.join(installed_backends()) or 'none'})"
         )
-    module = {"jax": "jax.numpy"}.get(name, name)
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise BackendError(
-            f"backend {name!r} is not installed ({exc}); "
-            f"installed: {', '.join(installed_backends()) or 'none'}"
-        ) from exc
-    return _namespace_of_module(mod)
-
-
-def _namespace_of_module(mod: ModuleType) -> ModuleType:
-    # Build a 0-d array with the module and ask array-api-compat, so numpy -> compat numpy,
-    # jax.numpy -> jax.numpy, and so on, exactly as array_namespace() would for user arrays.
-    if array_api_compat.is_array_api_strict_namespace(mod) or array_api_compat.is_jax_namespace(
-        mod
-    ):
-        return mod
-    for name, check in (
-        ("numpy", array_api_compat.is_numpy_namespace),
-        ("torch", array_api_compat.is_torch_namespace),
-        ("cupy", array_api_compat.is_cupy_namespace),
-    ):
-        if check(mod):
-            return importlib.import_module(f"array_api_compat.{name}")
-    if hasattr(mod, "__array_namespace_info__"):
-        return mod
-    raise BackendError(f"{mod.__name__} is not an array namespace this library knows")
+    return TABLE[name].namespace()
 
 
 def namespace_of(*arrays: Any) -> ModuleType:
@@ -106,38 +531,26 @@ def namespace_of(*arrays: Any) -> ModuleType:
 
 def backend_name(xp: ModuleType) -> str:
     """The short name of a namespace: ``"numpy"``, ``"torch"``, ``"jax"``, ..."""
-    if array_api_compat.is_numpy_namespace(xp):
-        return "numpy"
-    if array_api_compat.is_torch_namespace(xp):
-        return "torch"
-    if array_api_compat.is_cupy_namespace(xp):
-        return "cupy"
-    if array_api_compat.is_jax_namespace(xp):
-        return "jax"
-    if array_api_compat.is_array_api_strict_namespace(xp):
-        return "array_api_strict"
-    return str(getattr(xp, "__name__", xp))
+    return backend_of(xp).name
 
 
 def installed_backends() -> list[str]:
     """Names of the backends that import here (not necessarily with a usable device)."""
-    found = []
-    for name in BACKENDS:
-        try:
-            importlib.import_module({"jax": "jax.numpy"}.get(name, name))
-        except ImportError:
-            continue
-        found.append(name)
-    return found
+    return [name for name, entry in TABLE.items() if entry.installed()]
 
 
-def is_mutable(xp: ModuleType) -> bool:
-    """Whether arrays of ``xp`` can be updated in place (all but JAX's)."""
-    return not array_api_compat.is_jax_namespace(xp)
+def kernels_of(xp: ModuleType) -> Kernels:
+    """The kernels of ``xp``'s backend (cached), for code that has a namespace, not a placement."""
+    return _kernels(xp)
+
+
+@functools.cache
+def _kernels(xp: ModuleType) -> Kernels:
+    return backend_of(xp).kernels(xp)
 
 
 # --------------------------------------------------------------------------------------------
-# Devices
+# Devices and dtypes
 # --------------------------------------------------------------------------------------------
 def device(x: Any) -> Any:
     """The device an array lives on."""
@@ -154,7 +567,7 @@ _DEVICE_OF_TYPE: dict[type, Callable[[Any], Any]] = {}
 
 def _device_getter(x: Any) -> Callable[[Any], Any]:
     if type(x) is np.ndarray:
-        return lambda _: "cpu"
+        return lambda _: "cpu"  # NumPy 1.26 arrays have no .device
     if array_api_compat.is_torch_array(x):
         return lambda a: a.device
     return array_api_compat.device
@@ -162,88 +575,9 @@ def _device_getter(x: Any) -> Callable[[Any], Any]:
 
 def resolve_device(xp: ModuleType, dev: Any = None) -> Any:
     """A device object of ``xp`` from a user's spelling (``None``, ``"cpu"``, ``"cuda:1"``, ...)."""
-    name = backend_name(xp)
-    if dev is None:
-        dev = xp.__array_namespace_info__().default_device()
-        # JAX reports None ("wherever JAX puts it"); the device of a fresh array is concrete.
-        return device(xp.zeros(())) if dev is None else dev
-    if name == "torch":
-        import torch
-
-        try:
-            d = torch.device(dev)
-        except (RuntimeError, TypeError) as exc:
-            raise BackendError(f"not a torch device: {dev!r}") from exc
-        if d.type == "cuda":
-            if not torch.cuda.is_available():
-                raise BackendError(f"device {dev!r} asked for, but torch sees no CUDA device")
-            cuda_index = torch.cuda.current_device() if d.index is None else d.index
-            if cuda_index >= torch.cuda.device_count():
-                raise BackendError(
-                    f"device {dev!r} asked for, but torch sees "
-                    f"{torch.cuda.device_count()} CUDA device(s)"
-                )
-            d = torch.device("cuda", cuda_index)
-        return d
-    if name == "array_api_strict":
-        import array_api_strict
-
-        devices = xp.__array_namespace_info__().devices()
-        if isinstance(dev, str):
-            try:
-                dev = array_api_strict.Device(dev)
-            except ValueError:
-                raise BackendError(
-                    f"{dev!r} is not a {name} device; expected one of {list(devices)}"
-                ) from None
-        return _checked_member(dev, devices, name)
-    if name == "jax":
-        import jax
-
-        if isinstance(dev, str):
-            platform, _, index = dev.partition(":")
-            platform = {"cuda": "gpu"}.get(platform, platform)
-            try:
-                devices = jax.devices(platform)
-            except RuntimeError as exc:
-                raise BackendError(f"JAX has no {platform!r} device for {dev!r}: {exc}") from exc
-            i = int(index or 0)
-            if i >= len(devices):
-                raise BackendError(
-                    f"JAX has {len(devices)} {platform} device(s), asked for {dev!r}"
-                )
-            return devices[i]
-        return _checked_member(dev, jax.devices(), name)
-    if name == "cupy":
-        import cupy
-
-        if isinstance(dev, str):
-            platform, _, index = dev.partition(":")
-            if platform not in ("cuda", "gpu"):
-                raise BackendError(f"CuPy arrays live on CUDA devices, not {dev!r}")
-            dev = int(index or 0)
-        if isinstance(dev, int):
-            count = cupy.cuda.runtime.getDeviceCount()
-            if dev >= count:
-                raise BackendError(f"CuPy sees {count} CUDA device(s), asked for {dev}")
-            dev = cupy.cuda.Device(dev)
-        return dev
-    if name == "numpy":
-        if dev != "cpu":
-            raise BackendError(f"NumPy arrays live on the 'cpu' device, not {dev!r}")
-        return dev
-    return dev
+    return backend_of(xp).resolve_device(xp, dev)
 
 
-def _checked_member(dev: Any, devices: Any, name: str) -> Any:
-    if dev not in list(devices):
-        raise BackendError(f"{dev!r} is not a {name} device; expected one of {list(devices)}")
-    return dev
-
-
-# --------------------------------------------------------------------------------------------
-# Dtypes
-# --------------------------------------------------------------------------------------------
 def resolve_dtype(xp: ModuleType, dtype: Any = None, dev: Any = None) -> Any:
     """A real floating dtype of ``xp``: ``None`` is the backend's default on ``dev``.
 
@@ -266,14 +600,9 @@ def resolve_dtype(xp: ModuleType, dtype: Any = None, dev: Any = None) -> Any:
             )
         name = matches[0]
     if name not in allowed:
-        hint = (
-            "; enable it with jax.config.update('jax_enable_x64', True) before making arrays"
-            if backend_name(xp) == "jax"
-            else ""
-        )
         raise BackendError(
             f"{backend_name(xp)} on device {dev} does not support {name} "
-            f"(it offers {', '.join(allowed)}){hint}"
+            f"(it offers {', '.join(allowed)}){backend_of(xp).float64_hint()}"
         )
     return getattr(xp, name)
 
@@ -307,6 +636,169 @@ def numpy_dtype(dtype: Any) -> np.dtype[Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# The placement: where a model's arrays live
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Where a model's arrays live: one backend's namespace, one device, one floating dtype.
+
+    Made by :func:`placement` (from the ``backend=``, ``device=``, ``dtype=`` shorthands) and
+    shared by every layer, model, optimizer and estimator that holds such arrays; nothing else
+    re-derives the triple. It moves host arrays here (:meth:`asarray`) and back
+    (:meth:`to_host`), refuses arrays that live elsewhere (:meth:`check`) and waits for the
+    device (:meth:`sync`, for timing). Two placements are equal when namespace, device and dtype
+    are; a placement pickles as its spelling and is rebuilt on load.
+    """
+
+    backend: Backend
+    xp: ModuleType
+    device: Any
+    dtype: Any
+    kernels: Kernels = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The backend's short name: ``"numpy"``, ``"torch"``, ..."""
+        return self.backend.name
+
+    @property
+    def mutable(self) -> bool:
+        """Whether arrays here can be updated in place (all but JAX's)."""
+        return self.backend.mutable
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+    @property
+    def device_spec(self) -> Any:
+        """The device as a plain str or int that :func:`placement` accepts back."""
+        return self.backend.device_spec(self.device)
+
+    def describe(self) -> str:
+        """``"torch on cuda:0 (NVIDIA H200), float32"``."""
+        return f"{self.name} on {self.backend.describe(self.device)}, {self.dtype_name}"
+
+    def __repr__(self) -> str:
+        return f"Placement({self.name!r}, device={self.device_spec!r}, dtype={self.dtype_name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Placement):
+            return NotImplemented
+        return (self.xp, self.device, self.dtype) == (other.xp, other.device, other.dtype)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.dtype_name))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The namespace module and device objects do not pickle; their spellings do.
+        return (placement, (self.name, self.device_spec, self.dtype_name))
+
+    def with_dtype(self, dtype: Any) -> Placement:
+        """The same backend and device with another floating dtype."""
+        return placement(self.xp, self.device, dtype)
+
+    # ---- moving arrays
+    def asarray(self, data: Any, *, dtype: Any = None) -> Array:
+        """A copy of host data (or any backend's array) here.
+
+        Floating data takes this placement's dtype unless ``dtype`` says otherwise; integer and
+        boolean data (labels) keep an integer or boolean dtype. Always a copy: a parameter
+        updated in place never writes into the caller's array.
+        """
+        host = _as_host(data)
+        if dtype is not None:
+            dtype = resolve_dtype(self.xp, dtype, self.device) if isinstance(dtype, str) else dtype
+        elif host.dtype.kind == "f":
+            dtype = self.dtype
+        elif host.dtype.kind in "iu":
+            dtype = self.index_dtype
+        elif host.dtype.kind == "b":
+            dtype = self.xp.bool
+        else:
+            raise TypeError(f"asarray() expected numeric data, got dtype {host.dtype}")
+        return from_numpy(host, xp=self.xp, dtype=dtype, device=self.device)
+
+    @property
+    def index_dtype(self) -> Any:
+        """The default integer dtype here (labels, gather indices)."""
+        info = self.xp.__array_namespace_info__()
+        return info.default_dtypes(device=self.device)["indexing"]
+
+    def to_host(self, x: Array) -> np.ndarray[Any, Any]:
+        """A host NumPy copy of an array of this placement (a transfer from an accelerator)."""
+        return self.backend.to_host(x)
+
+    def zeros(self, shape: Sequence[int]) -> Array:
+        return self.xp.zeros(tuple(shape), dtype=self.dtype, device=self.device)
+
+    # ---- checking and waiting
+    def check(self, x: Any, *, who: str, what: str = "x") -> None:
+        """Refuse ``x`` unless it is an array of this namespace, dtype and device (an error naming
+        both sides); never cast or move it."""
+        check_array(x, xp=self.xp, dtype=self.dtype, dev=self.device, who=who, what=what)
+
+    def sync(self, x: Array | None = None) -> None:
+        """Wait for the device: until ``x`` is computed (JAX) or all queued work is done."""
+        self.backend.sync(x, self.device)
+
+    def floating_point_errors_quiet(self) -> contextlib.AbstractContextManager[Any]:
+        """Silence the backend's floating-point warnings where the caller checks finiteness."""
+        return self.backend.floating_point_errors_quiet()
+
+
+_PLACEMENTS: dict[tuple[Any, ...], Placement] = {}
+
+
+def placement(
+    backend: str | ModuleType | Placement = "numpy", device: Any = None, dtype: Any = None
+) -> Placement:
+    """The :class:`Placement` for a backend (name, module or placement), device and dtype.
+
+    ``device=None`` is the backend's default device and ``dtype=None`` its default floating
+    dtype on that device. A placement passed as ``backend`` comes back as it is (with ``dtype``
+    set, in that dtype). Equal arguments give the same object.
+    """
+    if isinstance(backend, Placement):
+        if device is not None and backend.backend.resolve_device(backend.xp, device) != (
+            backend.device
+        ):
+            raise BackendError(f"{backend!r} is not on device {device!r}")
+        return backend if dtype is None else backend.with_dtype(dtype)
+    xp = namespace(backend)
+    dev = resolve_device(xp, device)
+    dt = resolve_dtype(xp, dtype, dev)
+    key: tuple[Any, ...] = (xp, dev, dtype_name(dt))
+    try:
+        found = _PLACEMENTS.get(key)
+    except TypeError:  # an unhashable device object: build a fresh placement
+        return Placement(backend_of(xp), xp, dev, dt, _kernels(xp))
+    if found is None:
+        found = _PLACEMENTS[key] = Placement(backend_of(xp), xp, dev, dt, _kernels(xp))
+    return found
+
+
+def placement_arg(
+    given: Placement | None, backend: str | ModuleType | Placement, device: Any, dtype: Any
+) -> Placement:
+    """A constructor's placement: ``placement=`` if given, else the one its ``backend=``,
+    ``device=`` and ``dtype=`` shorthands make (passing both is an error)."""
+    if given is None:
+        return placement(backend, device, dtype)
+    if not isinstance(given, Placement):
+        raise TypeError(f"placement must be a Placement, got {type(given).__name__}")
+    if backend != "numpy" or device is not None or dtype is not None:
+        raise TypeError("pass placement= or backend=/device=/dtype=, not both")
+    return given
+
+
+def placement_of(x: Array) -> Placement:
+    """The placement of an existing floating array: its namespace, device and dtype."""
+    xp = namespace_of(x)
+    return placement(xp, device(x), x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
 # Host <-> backend
 # --------------------------------------------------------------------------------------------
 def from_numpy(a: Any, *, xp: ModuleType, dtype: Any = None, device: Any = None) -> Any:
@@ -320,59 +812,30 @@ def from_numpy(a: Any, *, xp: ModuleType, dtype: Any = None, device: Any = None)
 
 def to_numpy(x: Any) -> np.ndarray[Any, Any]:
     """A host NumPy copy of any backend's array (a transfer from a GPU; reporting only)."""
-    xp = namespace_of(x)
-    name = backend_name(xp)
-    if name == "numpy":
-        return np.array(x, copy=True)
-    if name == "torch":
-        return np.array(x.detach().cpu().numpy(), copy=True)
-    if name == "cupy":
-        return np.asarray(x.get())
-    if name == "array_api_strict":
-        # Strict refuses __array__ off its CPU device; DLPack works from any of its devices.
-        return np.array(np.from_dlpack(x), copy=True)
-    return np.array(x, copy=True)
+    return backend_of(namespace_of(x)).to_host(x)
+
+
+def _as_host(data: Any) -> np.ndarray[Any, Any]:
+    try:
+        return to_numpy(data)
+    except TypeError:
+        return np.asarray(data)
 
 
 def asarray(data: Any, *, like: Any, dtype: Any = None) -> Any:
-    """``data`` (host or any backend) as an array of ``like``'s backend and device.
+    """``data`` (host or any backend) as an array of ``like``'s placement.
 
-    ``like`` is a model, layer or array. Floating data takes ``like``'s dtype unless ``dtype``
-    says otherwise; integer and boolean data (labels) keep an integer or boolean dtype. An
-    explicit, visible move: it is never done behind a user's back.
+    ``like`` is a model, layer, placement or array. Floating data takes ``like``'s dtype unless
+    ``dtype`` says otherwise; integer and boolean data (labels) keep an integer or boolean dtype.
+    An explicit, visible move: it is never done behind a user's back.
     """
-    if hasattr(like, "xp") and hasattr(like, "device"):
-        xp, dev, like_dtype = like.xp, like.device, like.dtype
+    if isinstance(like, Placement):
+        where = like
+    elif hasattr(like, "placement"):
+        where = like.placement
     else:
-        xp, dev, like_dtype = namespace_of(like), device(like), like.dtype
-    try:
-        host = to_numpy(data)
-    except TypeError:
-        host = np.asarray(data)
-    if dtype is not None:
-        dtype = resolve_dtype(xp, dtype, dev) if isinstance(dtype, str) else dtype
-    elif host.dtype.kind == "f":
-        dtype = like_dtype
-    elif host.dtype.kind in "iu":
-        dtype = xp.__array_namespace_info__().default_dtypes(device=dev)["integral"]
-    elif host.dtype.kind == "b":
-        dtype = xp.bool
-    else:
-        raise TypeError(f"asarray() expected numeric data, got dtype {host.dtype}")
-    return from_numpy(host, xp=xp, dtype=dtype, device=dev)
-
-
-def floating_point_errors_checked_by_caller(
-    xp: ModuleType,
-) -> contextlib.AbstractContextManager[Any]:
-    """Silence NumPy's overflow/invalid warnings where the caller checks finiteness itself.
-
-    NumPy (and array-api-strict, built on it) warn on every overflow of a diverging run; the
-    trainer detects non-finite losses and raises one clear error instead.
-    """
-    if backend_name(xp) in ("numpy", "array_api_strict"):
-        return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
-    return contextlib.nullcontext()
+        where = placement_of(like)
+    return where.asarray(data, dtype=dtype)
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -417,49 +880,3 @@ def check_array(x: Any, *, xp: ModuleType, dtype: Any, dev: Any, who: str, what:
 def _type_name(x: Any) -> str:
     t = type(x)
     return f"{t.__module__}.{t.__qualname__}"
-
-
-# --------------------------------------------------------------------------------------------
-# Fast paths: backend-specific kernels measured to matter, each tested against the portable form
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Kernels:
-    """Backend kernels that replace a portable expression where that was measured to matter.
-
-    ``None`` means: use the portable form. Each kernel is tested against the portable form.
-    """
-
-    linear: Callable[[Any, Any, Any], Any] | None = None  # (b, x, W) -> x W + b
-    relu: Callable[[Any], Any] | None = None  # x -> max(x, 0)
-    relu_backward: Callable[[Any, Any], Any] | None = None  # (dy, y) -> dy where y > 0, else 0
-    add_scaled_: Callable[[list[Any], list[Any], float], None] | None = None  # p += a g, in place
-
-
-_KERNELS: dict[ModuleType, Kernels] = {}
-
-
-def kernels(xp: ModuleType) -> Kernels:
-    """The fast paths of ``xp`` (cached); most backends have none."""
-    found = _KERNELS.get(xp)
-    if found is None:
-        found = _KERNELS[xp] = _torch_kernels() if backend_name(xp) == "torch" else Kernels()
-    return found
-
-
-def _torch_kernels() -> Kernels:
-    import torch
-
-    def relu_backward(dy: Any, y: Any) -> Any:
-        return torch.ops.aten.threshold_backward(dy, y, 0)
-
-    def add_scaled_(params: list[Any], grads: list[Any], alpha: float) -> None:
-        torch._foreach_add_(params, grads, alpha=alpha)
-
-    # Measured on torch 2.13 (CPU): every compat-wrapped call costs several microseconds of type
-    # promotion and scalar wrapping, which dominates small steps. addmm does x W + b in one
-    # kernel with no temporary; relu and threshold_backward (autograd's own ReLU gradient) are
-    # one kernel each where the portable forms take two to four; one _foreach_add_ updates all
-    # parameters where a loop takes two calls per parameter.
-    return Kernels(
-        linear=torch.addmm, relu=torch.relu, relu_backward=relu_backward, add_scaled_=add_scaled_
-    )

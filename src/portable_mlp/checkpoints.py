@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from ._backend import dtype_name, from_numpy, namespace, resolve_device, resolve_dtype, to_numpy
-from .layers import Module, from_config
+from ._backend import Placement, dtype_name, placement, to_numpy
+from .layers import Module
+from .models import from_config
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
@@ -149,11 +150,12 @@ def _create_temp(directory: str, name: str) -> tuple[int, str]:
 def load(
     path: str | os.PathLike[str],
     *,
-    backend: str | ModuleType = "numpy",
+    backend: str | ModuleType | Placement = "numpy",
     device: Any = None,
     dtype: Any = None,
 ) -> Any:
-    """The model or estimator saved at ``path``, rebuilt on ``backend`` and ``device``.
+    """The model or estimator saved at ``path``, rebuilt on ``backend`` and ``device``
+    (``backend`` may be a :class:`Placement`).
 
     ``dtype=None`` keeps the stored dtype (so values come back bit for bit); another dtype casts
     the values on the host first. A model comes back as a :class:`Module`, an estimator as an
@@ -173,16 +175,14 @@ def load(
             )
     # Resolved here, so that a bad backend, device or dtype argument raises its own error and
     # the try below catches only what the stored config gets wrong.
-    xp = namespace(backend)
-    dev = resolve_device(xp, device)
-    target = resolve_dtype(xp, stored_dtype if dtype is None else dtype, dev)
+    where = placement(backend, device, stored_dtype if dtype is None else dtype)
     try:
-        model = from_config(config, backend=xp, device=dev, dtype=target)
+        model = from_config(config, placement=where)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: the stored config does not build a model ({type(exc).__name__}: {exc})"
         ) from exc
-    model.set_parameters(_matched(path, tensors, model, xp=xp, dtype=target, device=dev))
+    model.set_parameters(_matched(path, tensors, model, where))
     if kind == "model":
         return model
     cls = _estimator_class(kind)
@@ -294,10 +294,7 @@ def _matched(
     path: str,
     tensors: Mapping[str, np.ndarray],
     model: Module,
-    *,
-    xp: ModuleType,
-    dtype: Any,
-    device: Any,
+    where: Placement,
 ) -> dict[str, Any]:
     """The stored tensors on the model's backend, once their names and shapes match it."""
     expected = {key: tuple(value.shape) for key, value in model.parameters().items()}
@@ -312,7 +309,7 @@ def _matched(
             raise CheckpointError(
                 f"{path}: tensor {key!r} has shape {tensors[key].shape}, the config expects {shape}"
             )
-    return {key: from_numpy(tensors[key], xp=xp, dtype=dtype, device=device) for key in expected}
+    return {key: where.asarray(tensors[key]) for key in expected}
 
 
 def _estimator_class(kind: str) -> Any:

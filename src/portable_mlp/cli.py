@@ -322,16 +322,17 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        importlib.import_module("torch")
-    except ImportError:
-        raise UsageError("check needs PyTorch as the reference: pip install torch") from None
     from rich.table import Table
 
-    from .testing import parity_report
+    from .testing import parity_report, reference_missing
 
-    with contextlib.suppress(ImportError):  # float64 on JAX, before any JAX array exists
-        importlib.import_module("jax").config.update("jax_enable_x64", True)
+    missing = reference_missing()
+    if missing:
+        raise UsageError(f"check needs {missing}")
+
+    for entry in _backend.TABLE.values():  # float64 where it must be enabled, before any array
+        if entry.installed():
+            entry.enable_float64()
     table = Table(title="gradient parity against PyTorch autograd (float64 reference)")
     for column in ("backend", "device", "dtype", "max rel. error", "worst", "tolerance", "result"):
         table.add_column(column)
@@ -373,37 +374,17 @@ def _usable_devices() -> list[tuple[str, Any]]:
 def _backends() -> list[tuple[str, str, list[Any]]]:
     """(backend, status, devices to test) for every backend this library knows."""
     rows: list[tuple[str, str, list[Any]]] = []
-    for name in _backend.BACKENDS:
-        try:
-            xp = _backend.namespace(name)
-        except _backend.BackendError:
+    for name, entry in _backend.TABLE.items():
+        if not entry.installed():
             rows.append((name, "not installed", []))
             continue
         try:
-            devices = _devices(name, xp)
+            devices = entry.test_devices()
         except Exception as exc:  # a CUDA library with no driver raises its own errors
             rows.append((name, f"no usable device ({str(exc).splitlines()[0]})", []))
             continue
         rows.append((name, "ok", devices) if devices else (name, "no usable device", []))
     return rows
-
-
-def _devices(name: str, xp: Any) -> list[Any]:
-    if name == "torch":
-        import torch
-
-        return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    if name == "cupy":
-        import cupy
-
-        return list(range(cupy.cuda.runtime.getDeviceCount()))
-    if name == "jax":
-        import jax
-
-        return [f"{d.platform}:{d.id}" for d in jax.devices()]
-    if name == "array_api_strict":
-        return [None, "device1"]
-    return [None]
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -413,23 +394,12 @@ def _info(args: argparse.Namespace) -> int:
     for column in ("backend", "version", "status", "devices"):
         table.add_column(column)
     for name, status, devices in _backends():
-        module = sys.modules.get({"jax": "jax"}.get(name, name))
-        version = getattr(module, "__version__", "-") if module is not None else "-"
-        table.add_row(
-            name, str(version), status, ", ".join(_device_label(name, d) for d in devices)
-        )
+        entry = _backend.TABLE[name]
+        version = entry.version() if entry.installed() else "-"
+        table.add_row(name, version, status, ", ".join(_device_label(name, d) for d in devices))
     _console().print(table)
     return 0
 
 
 def _device_label(name: str, device: Any) -> str:
-    if name == "torch" and str(device).startswith("cuda"):
-        import torch
-
-        return f"{device} ({torch.cuda.get_device_name(int(str(device).split(':')[1]))})"
-    if name == "cupy":
-        import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(device)
-        return f"cuda:{device} ({props['name'].decode()})"
-    return "default" if device is None else str(device)
+    return _backend.TABLE[name].describe(device)

@@ -18,8 +18,10 @@ from typing import Any
 
 from . import _backend, datasets
 from . import functional as F
-from .layers import MLP, Module
+from ._backend import Array
+from .layers import Module
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from .models import MLP
 from .optim import (
     OPTIMIZERS,
     SGD,
@@ -29,10 +31,9 @@ from .optim import (
     LRScheduler,
     Optimizer,
     StepLR,
-    train_step,
 )
+from .training import train_step
 
-Array = Any
 _SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -364,11 +365,11 @@ class _BaseMLP:
             snapshot = self._snapshot()
             if progress is not None:
                 progress.start_epoch(self.n_iter_ + 1, len(bounds))
-            with _backend.floating_point_errors_checked_by_caller(xp):
+            with self.model_.placement.floating_point_errors_quiet():
                 step_losses = self._epoch(X, T, order, bounds, loss, progress)
             epoch_loss = _backend.to_float(_sum(step_losses)) / n  # the one read-back per epoch
             if not (math.isfinite(epoch_loss) and self._weights_finite()):
-                with _backend.floating_point_errors_checked_by_caller(xp):
+                with self.model_.placement.floating_point_errors_quiet():
                     self._recover(snapshot, X, T, order, bounds, loss, step_losses)
             self.n_iter_ += 1
             self.t_ += n
@@ -446,9 +447,7 @@ class _BaseMLP:
     def _step(self, xb: Array, tb: Array, loss: Loss) -> Array:
         """forward, loss, backward, L2 penalty, update; returns the batch's mean loss (0-d)."""
         # The data were checked once in fit(), and tb is already in the loss's working form.
-        return train_step(
-            self.model_, loss, self._optimizer, xb, tb, alpha=self.alpha, checked=True
-        )
+        return train_step(self.model_, loss, self._optimizer, xb, tb, alpha=self.alpha, check=False)
 
     # ------------------------------------------------------------------ non-finite recovery
     def _copy_params(self) -> dict[str, Array]:
@@ -545,7 +544,7 @@ class _BaseMLP:
     def _checkpoint(self) -> tuple[Module, dict[str, Any]]:
         self._check_fitted()
         params = self.get_params()
-        params["backend"] = _backend.backend_name(self.model_.xp)
+        params["backend"] = self.model_.placement.name
         params["device"] = None
         params["dtype"] = None
         state = {
@@ -740,7 +739,7 @@ def _like_input(result: Any, X_in: Any) -> Any:
     """``result`` in the namespace and on the device of the user's input ``X_in`` (NumPy for
     NumPy arrays and plain sequences)."""
     x_xp = _namespace_or_none(X_in)
-    if x_xp is None or _backend.backend_name(x_xp) == "numpy":
+    if x_xp is None or _backend.backend_of(x_xp).is_host:
         return datasets.as_host(result, "result")
     if _namespace_or_none(result) is x_xp and _backend.device(result) == _backend.device(X_in):
         return result

@@ -5,20 +5,19 @@ Each forward function sits beside its backward. They touch arrays only through t
 the input's dtype and device, and never read a value back to the host. Shapes follow the seed
 notebook: ``x: (n, p_in)``, ``W: (p_in, p_out)``, ``b: (p_out,)``.
 
-The seed's "Function Implementation" is here too, as :func:`forward` and :func:`backward`: ReLU
-hidden layers, a sigmoid output, mean binary cross-entropy, no bias, in either weight layout.
+The seed's "Function Implementation" keeps its names here, :func:`forward` and :func:`backward`
+(ReLU hidden layers, a sigmoid output, mean binary cross-entropy, no bias, in either weight
+layout); it is built from these primitives in ``_seed.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Literal
 
-from ._backend import namespace_of
+from ._backend import Array, device, namespace_of
 
-Array = Any
 Reduction = Literal["mean", "sum"]
 Layout = Literal["rows", "columns"]
 
@@ -155,7 +154,7 @@ def softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
 def one_hot(labels: Array, k: int, dtype: Any, *, xp: ModuleType | None = None) -> Array:
     """(n,) integer labels -> (n, k) one-hot rows of ``dtype``; labels outside [0, k): 0 rows."""
     xp = _ns(xp, labels)
-    classes = xp.arange(k, dtype=labels.dtype, device=labels.device)
+    classes = xp.arange(k, dtype=labels.dtype, device=device(labels))
     return xp.astype(labels[:, None] == classes, dtype)
 
 
@@ -253,72 +252,7 @@ def mse_backward(
     return (z - y) * (2.0 * _scale(reduction, math.prod(z.shape)))
 
 
-# ---------------------------------------------------------------------------- the seed's MLP
-class ForwardCache(list[tuple[Array, Array, Array]]):
-    """What :func:`forward` keeps for :func:`backward`: ``(A_prev, W, Z)`` per layer, and layout."""
-
-    def __init__(self, layout: Layout) -> None:
-        super().__init__()
-        self.layout: Layout = layout
-
-
-def forward(
-    X: Array, weights: Sequence[Array], layout: Layout = "rows"
-) -> tuple[Array, ForwardCache]:
-    """The seed's functional MLP: ReLU hidden layers, sigmoid output, no bias.
-
-    ``layout="rows"``: X (n, p), weights (p_in, p_out), A (n, 1); examples are rows.
-    ``layout="columns"``: X (p, n), weights (p_out, p_in), A (1, n); examples are columns.
-    Returns the output probabilities ``A`` and the cache of ``(A_prev, W, Z)`` per layer.
-    """
-    if layout not in ("rows", "columns"):
-        raise ValueError(f"layout must be 'rows' or 'columns', got {layout!r}")
-    if not weights:
-        raise ValueError("forward() needs at least one weight matrix")
-    xp = namespace_of(X, *weights)
-    rows = layout == "rows"
-    A = X
-    cache = ForwardCache(layout)
-    for i, W in enumerate(weights):
-        fan_in = W.shape[0] if rows else W.shape[1]
-        width = A.shape[1] if rows else A.shape[0]
-        if A.ndim != 2 or W.ndim != 2 or width != fan_in:
-            raise ValueError(
-                f"layer {i} ({layout} layout) expected an input with {fan_in} features along "
-                f"axis {1 if rows else 0}, got shape {tuple(A.shape)} for weights {tuple(W.shape)}"
-            )
-        Z = A @ W if rows else W @ A  # rows: (n, p_out); columns: (p_out, n)
-        cache.append((A, W, Z))
-        A = sigmoid(Z, xp=xp) if i == len(weights) - 1 else relu(Z, xp=xp)
-    return A, cache
-
-
-def backward(A: Array, y: Array, cache: ForwardCache) -> list[Array]:
-    """Gradients of the mean binary cross-entropy of :func:`forward`'s output, one dW per layer.
-
-    ``A`` and ``y`` are (n, 1) in the rows layout, (1, n) in the columns layout; each dW comes
-    back in the layout (and shape) of its W. Unlike the seed, the 1/n of the mean is applied
-    once, to dL/dZ of the output, so every intermediate gradient is the true one.
-    """
-    xp = namespace_of(A, y)
-    if tuple(A.shape) != tuple(y.shape):
-        raise ValueError(
-            f"backward() expected y with the shape of A {tuple(A.shape)}, got {tuple(y.shape)}"
-        )
-    rows = cache.layout == "rows"
-    n = A.shape[0] if rows else A.shape[1]
-    dZ = (A - xp.astype(y, A.dtype)) * (1.0 / n)  # mean BCE of sigmoid(Z): dL/dZ = (A - y) / n
-    grads = []
-    for i in range(len(cache) - 1, -1, -1):
-        A_prev, W, Z = cache[i]
-        if i < len(cache) - 1:
-            dZ = relu_backward(dZ, Z, xp=xp)  # ReLU's output is > 0 exactly where Z is
-        if rows:
-            grads.append(A_prev.T @ dZ)  # (p_in, p_out) = (p_in, n) (n, p_out)
-            if i:
-                dZ = dZ @ W.T  # (n, p_in) = (n, p_out) (p_out, p_in)
-        else:
-            grads.append(dZ @ A_prev.T)  # (p_out, p_in) = (p_out, n) (n, p_in)
-            if i:
-                dZ = W.T @ dZ  # (p_in, n) = (p_in, p_out) (p_out, n)
-    return grads[::-1]
+# The seed notebook's functional MLP keeps its names here; its body is in _seed.py.
+from ._seed import ForwardCache as ForwardCache  # noqa: E402 (built from the functions above)
+from ._seed import backward as backward  # noqa: E402
+from ._seed import forward as forward  # noqa: E402

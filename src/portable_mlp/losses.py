@@ -10,9 +10,8 @@ from types import ModuleType
 from typing import Any
 
 from . import functional as F
-from ._backend import device, dtype_name, isdtype, namespace_of
+from ._backend import Array, device, dtype_name, isdtype, namespace_of
 
-Array = Any
 _REDUCTIONS = ("mean", "sum")
 
 

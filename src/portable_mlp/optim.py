@@ -15,11 +15,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from ._backend import is_mutable, kernels
+from ._backend import Array
 from .layers import Module
-from .losses import Loss
-
-Array = Any
 
 
 def global_norm(grads: Mapping[str, Array], *, xp: ModuleType) -> Array:
@@ -68,8 +65,9 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.max_grad_norm = max_grad_norm
-        self.xp: ModuleType = getattr(model, "xp")  # noqa: B009 - every model with parameters has one
-        self.in_place = is_mutable(self.xp)
+        self.placement = model.placement  # type: ignore[attr-defined]
+        self.xp: ModuleType = self.placement.xp
+        self.in_place = self.placement.mutable
         self.state: dict[str, dict[str, Array]] = {}
         self.steps = 0  # completed steps, a host int
 
@@ -165,17 +163,12 @@ class SGD(Optimizer):
             super()._apply(params, grads)
             return
         # Plain SGD, p -= lr g: no state, so no per-parameter bookkeeping either.
-        fast = kernels(self.xp).add_scaled_
-        lr = self.lr
-        if fast is not None:  # one fused call for all parameters
-            fast(list(params.values()), [grads[k] for k in params], -lr)
-        elif self.in_place:
-            for key, p in params.items():
-                p -= lr * grads[key]
-        else:
-            self.model.set_parameters(
-                {k: p - lr * grads[k] for k, p in params.items()}, check=False
-            )
+        keys = list(params)
+        new = self.placement.kernels.add_scaled(
+            [params[k] for k in keys], [grads[k] for k in keys], -self.lr
+        )
+        if not self.in_place:
+            self.model.set_parameters(dict(zip(keys, new, strict=True)), check=False)
 
     def _update(self, key: str, p: Array, g: Array) -> Array:
         if self.weight_decay:
@@ -313,43 +306,3 @@ class CosineAnnealingLR(LRScheduler):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-
-
-# ---------------------------------------------------------------------------- one step
-def train_step(
-    model: Module,
-    loss: Loss,
-    optimizer: Optimizer,
-    x: Array,
-    y: Array,
-    *,
-    alpha: float = 0.0,
-    checked: bool = False,
-) -> Array:
-    """One training step: forward, loss, backward (no dL/dx), L2 term, update.
-
-    ``alpha`` is scikit-learn's L2 penalty, ``alpha / 2 ||W||^2 / n_batch`` on weights (not
-    biases), added to the loss and its gradient. Returns the batch loss as a 0-d array, without
-    reading it back. ``checked=True`` skips the input checks, for loops whose data were checked
-    once up front; ``y`` must then be in the loss's working form (float one-hot rows for
-    cross-entropy).
-    """
-    if checked:
-        value = loss._forward(model._forward(x, True), y, optimizer.xp)
-    else:
-        value = loss.forward(model.forward(x), y)
-    model._backward(loss.backward(), False)
-    grads = model.gradients()
-    if alpha:
-        xp = optimizer.xp
-        scale = float(alpha) / x.shape[0]
-        penalty = None
-        grads = dict(grads)  # a Linear hands out its own dict: leave the layer's gradients alone
-        for key, W in model.parameters().items():
-            if key.endswith("weight"):
-                grads[key] = grads[key] + scale * W
-                s = xp.sum(W * W)
-                penalty = s if penalty is None else penalty + s
-        value = value + (0.5 * scale) * penalty
-    optimizer.step(grads)
-    return value

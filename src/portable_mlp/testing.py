@@ -17,11 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import dtype_name, from_numpy, namespace_of, to_float, to_numpy
+from ._backend import (
+    Array,
+    device,
+    dtype_name,
+    from_numpy,
+    namespace_of,
+    placement,
+    to_float,
+    to_numpy,
+)
 from .layers import Module
 from .losses import Loss
-
-Array = Any
 
 
 class GradcheckError(AssertionError):
@@ -94,7 +101,7 @@ def gradcheck(
             np.random.default_rng(seed).normal(size=tuple(out.shape)),
             xp=xp,
             dtype=out.dtype,
-            device=x.device,
+            device=device(x),
         )
 
         def scalar(x_: Array) -> float:
@@ -116,7 +123,7 @@ def gradcheck(
 
         def with_value(v: np.ndarray, name: str = name, like: Array = value) -> float:
             model.set_parameters(
-                {**params, name: from_numpy(v, xp=xp, dtype=like.dtype, device=like.device)}
+                {**params, name: from_numpy(v, xp=xp, dtype=like.dtype, device=device(like))}
             )
             return scalar(x)
 
@@ -125,7 +132,9 @@ def gradcheck(
         result.errors[name] = relative_error(analytic[name], numeric)
     if input_grad:
         numeric = _central_differences(
-            lambda v: scalar(from_numpy(v, xp=xp, dtype=x.dtype, device=x.device)), to_numpy(x), eps
+            lambda v: scalar(from_numpy(v, xp=xp, dtype=x.dtype, device=device(x))),
+            to_numpy(x),
+            eps,
         )
         result.errors["input"] = relative_error(to_numpy(dx), numeric)
     if raise_on_failure and not result.passed:
@@ -150,6 +159,15 @@ def _central_differences(
 
 
 # ---------------------------------------------------------------------------- PyTorch autograd
+def reference_missing() -> str | None:
+    """What to install for :func:`torch_reference`, or None when PyTorch is there."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "PyTorch as the reference: pip install torch"
+    return None
+
+
 def torch_reference(
     model: Module,
     x: Array,
@@ -194,8 +212,9 @@ def _torch_forward(module: Module, x: Any, params: dict[str, Any], prefix: str) 
     import torch.nn.functional as tF
 
     from . import layers as L
+    from . import models as M
 
-    if isinstance(module, L.Sequential):
+    if isinstance(module, M.Sequential):
         for i, layer in enumerate(module.layers):
             x = _torch_forward(layer, x, params, f"{prefix}{i}.")
         return x
@@ -272,16 +291,17 @@ def parity_report(
     prints). Parameters and inputs are random, and kept off ReLU's kink."""
     from . import layers as L
     from . import losses as Ls
+    from . import models as M
 
-    kw = {"backend": backend, "device": device, "dtype": dtype}
+    where = placement(backend, device, dtype)
+    kw: dict[str, Any] = {"placement": where}
     rng = np.random.default_rng(seed)
 
-    def array(a: np.ndarray, like: Any) -> Any:
-        return from_numpy(a, xp=like.xp, dtype=like.dtype, device=like.device)
+    def array(a: np.ndarray) -> Any:
+        return where.asarray(a)
 
-    probe = L.Linear(1, 1, **kw)  # resolves backend, device and dtype once, for the data
     x = rng.normal(size=(7, 5))
-    x = array(np.where(np.abs(x) < 0.05, 0.05, x), probe)
+    x = array(np.where(np.abs(x) < 0.05, 0.05, x))
     results: dict[str, float] = {}
     modules: dict[str, Module] = {
         "Linear": L.Linear(5, 4, rng=rng, **kw),
@@ -296,24 +316,21 @@ def parity_report(
     for name, module in modules.items():
         if isinstance(module, L.Linear):
             module.set_parameters(
-                {
-                    k: array(rng.normal(size=tuple(v.shape)), probe)
-                    for k, v in module.parameters().items()
-                }
+                {k: array(rng.normal(size=tuple(v.shape))) for k, v in module.parameters().items()}
             )
         out = module.forward(x, cache=False)
-        dy = array(rng.normal(size=tuple(out.shape)), probe)
+        dy = array(rng.normal(size=tuple(out.shape)))
         results[name] = max(parity(module, x, dy=dy).values())
     z = L.Identity()
     n, k = 7, 3
-    logits = array(rng.normal(size=(n, k)) * 3, probe)
+    logits = array(rng.normal(size=(n, k)) * 3)
     targets = {
-        "BCEWithLogitsLoss": (Ls.BCEWithLogitsLoss, array(rng.uniform(size=(n, k)), probe)),
+        "BCEWithLogitsLoss": (Ls.BCEWithLogitsLoss, array(rng.uniform(size=(n, k)))),
         "CrossEntropyLoss": (
             Ls.CrossEntropyLoss,
-            from_numpy(rng.integers(0, k, size=n), xp=probe.xp, device=probe.device),
+            where.asarray(rng.integers(0, k, size=n)),
         ),
-        "MSELoss": (Ls.MSELoss, array(rng.normal(size=(n, k)), probe)),
+        "MSELoss": (Ls.MSELoss, array(rng.normal(size=(n, k)))),
     }
     for name, (cls, y) in targets.items():
         for reduction in ("mean", "sum"):
@@ -322,12 +339,9 @@ def parity_report(
             )
     labels = targets["CrossEntropyLoss"][1]
     for activation in L.ACTIVATIONS:
-        mlp = L.MLP([5, 6, 4, k], activation, rng=rng, **kw)
+        mlp = M.MLP([5, 6, 4, k], activation, rng=rng, **kw)
         mlp.set_parameters(
-            {
-                kk: array(rng.normal(size=tuple(v.shape)) * 0.5, probe)
-                for kk, v in mlp.parameters().items()
-            }
+            {kk: array(rng.normal(size=tuple(v.shape)) * 0.5) for kk, v in mlp.parameters().items()}
         )
         results[f"MLP({activation})"] = max(parity(mlp, x, labels, Ls.CrossEntropyLoss()).values())
     return results
