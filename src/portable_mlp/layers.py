@@ -32,6 +32,23 @@ class Module:
 
     __call__ = forward
 
+    # What a copy or a pickle leaves out: the forward pass's cache (a copy holds parameters and
+    # gradients, not a half-done step) and what is rebuilt from the placement on load.
+    _transient: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in self._transient:
+            state[key] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Restore what :attr:`_transient` left out (none by default)."""
+
     def parameters(self) -> dict[str, Array]:
         """The trainable arrays by name (empty for activations)."""
         return {}
@@ -104,17 +121,21 @@ class Linear(Module):
         self.p_in, self.p_out = p_in, p_out
         where = placement_arg(placement, backend, device, dtype)
         self.placement = where
-        self.xp = where.xp
         self.init = init
         W = _init.get(init)(_init.as_generator(rng), p_in, p_out)
         if tuple(W.shape) != (p_in, p_out):
             raise ValueError(f"init {init!r} returned shape {W.shape}, expected {(p_in, p_out)}")
-        self.weight: Array = from_numpy(W, xp=self.xp, dtype=where.dtype, device=where.device)
+        self.weight: Array = from_numpy(W, xp=where.xp, dtype=where.dtype, device=where.device)
         self.bias: Array | None = where.zeros((p_out,)) if bias else None
         self.grads: dict[str, Array] = {}
         self._x: Array | None = None
         self._out_shape: tuple[int, ...] | None = None
         self._linear = where.kernels.linear
+
+    _transient = ("_x", "_out_shape", "_linear")
+
+    def _rebuild(self) -> None:
+        self._linear = self.placement.kernels.linear
 
     def __repr__(self) -> str:
         extra = "" if self.bias is not None else ", bias=False"
@@ -127,6 +148,10 @@ class Linear(Module):
             "p_out": self.p_out,
             "bias": self.bias is not None,
         }
+
+    @property
+    def xp(self) -> ModuleType:
+        return self.placement.xp
 
     @property
     def backend(self) -> str:
@@ -183,7 +208,12 @@ class Linear(Module):
     def _backward(self, dy: Array, input_grad: bool) -> Array | None:
         x, self._x, self._out_shape = self._x, None, None
         dx, dW, db = F.linear_backward(
-            dy, x, self.weight, bias=self.bias is not None, input_grad=input_grad, xp=self.xp
+            dy,
+            x,
+            self.weight,
+            bias=self.bias is not None,
+            input_grad=input_grad,
+            xp=self.placement.xp,
         )
         self.grads = {"weight": dW} if db is None else {"weight": dW, "bias": db}
         return dx
@@ -199,6 +229,8 @@ class _Activation(Module):
         self._saved: Array | None = None
         self._xp: ModuleType | None = None
         self._out_shape: tuple[int, ...] | None = None
+
+    _transient = ("_saved", "_xp", "_out_shape")
 
     def _forward(self, x: Array, cache: bool) -> Array:
         xp = namespace_of(x)
