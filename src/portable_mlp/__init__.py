@@ -26,6 +26,7 @@ from .estimator import (
     NotFittedError,
     TrainingError,
 )
+from .export import export_onnx
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .models import MLP, Sequential, from_config
@@ -71,6 +72,7 @@ __all__ = [
     "checkpoints",
     "clip_grad_norm",
     "datasets",
+    "export_onnx",
     "from_config",
     "functional",
     "gradcheck",

@@ -21,7 +21,7 @@ import contextlib
 import functools
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -408,7 +408,7 @@ class _CuPy(Backend):
 
 @dataclass(frozen=True)
 class _Other(Backend):
-    """Any other array-API namespace a user hands in (ndonnx, say): portable forms, updated
+    """Any other array-API namespace a user hands in: portable forms, updated
     functionally (nothing is assumed about in-place updates), copied to the host by DLPack."""
 
     mutable: bool = False
@@ -418,6 +418,28 @@ class _Other(Backend):
             return np.array(np.from_dlpack(x), copy=True)
         except (TypeError, AttributeError, RuntimeError, BufferError):
             return np.array(x, copy=True)
+
+
+@dataclass(frozen=True)
+class _Ndonnx(_Other):
+    """ndonnx, for ONNX export: its arrays are nodes of a graph being built, not values."""
+
+    def kernels(self, xp: ModuleType) -> Kernels:
+        # The opset ndonnx itself builds with; its constructors are listed in a computed __all__.
+        op: Any = importlib.import_module("spox.opset.ai.onnx.v21")
+
+        def linear(x: Array, W: Array, b: Array | None) -> Array:
+            # ndonnx wraps every matmul in an If on the operands' sizes (its guard against an
+            # onnxruntime bug on empty arrays): Size nodes and a branch per layer, which keep
+            # onnxruntime from fusing the layer. Gemm is the node runtimes read as a dense layer.
+            if b is None:
+                return xp.asarray(op.matmul(x.unwrap_spox(), W.unwrap_spox()))
+            return xp.asarray(op.gemm(x.unwrap_spox(), W.unwrap_spox(), b.unwrap_spox()))
+
+        def relu(x: Array) -> Array:
+            return xp.asarray(op.relu(x.unwrap_spox()))  # onnxruntime fuses it into the Gemm
+
+        return replace(portable_kernels(xp, mutable=False), linear=linear, relu=relu)
 
 
 #: Every supported backend's facts, by name; the one place the rest of the code asks.
@@ -469,7 +491,12 @@ def backend_of(xp: ModuleType) -> Backend:
                 found = TABLE[name]
                 break
         else:
-            found = _Other(str(getattr(xp, "__name__", xp)), "", "", "")
+            name = str(getattr(xp, "__name__", xp))
+            found = (
+                _Ndonnx(name, "ndonnx", "ndonnx", "'portable-mlp[onnx]'")
+                if array_api_compat.is_ndonnx_namespace(xp)
+                else _Other(name, "", "", "")
+            )
         _BACKEND_OF_NAMESPACE[xp] = found
     return found
 

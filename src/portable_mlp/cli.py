@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="installed backends and their devices")
     info.set_defaults(run=_info)
+
+    export = commands.add_parser("export", help="write a checkpoint as an ONNX model")
+    export.add_argument("model", type=Path, help="a checkpoint written by train --save")
+    export.add_argument("output", type=Path, help="the .onnx file to write")
+    export.add_argument("--opset", type=_positive(int), help="default: the one ndonnx builds")
+    export.set_defaults(run=_export)
     return parser
 
 
@@ -403,3 +409,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _device_label(name: str, device: Any) -> str:
     return _backend.TABLE[name].describe(device)
+
+
+# ---------------------------------------------------------------------------- export
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    try:
+        proto = export_onnx(args.model, args.output, opset=args.opset)
+    except ImportError as exc:  # the [onnx] extra is not installed: say what to install
+        raise UsageError(str(exc)) from None
+    (x,) = proto.graph.input
+    dims = ", ".join(d.dim_param or str(d.dim_value) for d in x.type.tensor_type.shape.dim)
+    outputs = ", ".join(o.name for o in proto.graph.output)
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    print(f"wrote {args.output}: {x.name} ({dims}) -> {outputs}, ONNX opset {opset}")
+    return 0
