@@ -372,6 +372,9 @@ def _misuse_cases() -> list[Any]:
         # NumPy data for a model elsewhere; float32 data for a float64 NumPy model.
         return {"X": X if case.backend != "numpy" else X.astype(np.float32)}
 
+    def host_targets(case: Any, X: np.ndarray, y: np.ndarray, step: Any) -> dict[str, Any]:
+        return {"Y": y.tolist()}
+
     def no_epochs(case: Any, X: np.ndarray, y: np.ndarray, step: Any) -> dict[str, Any]:
         return {"epochs": 0}
 
@@ -380,7 +383,8 @@ def _misuse_cases() -> list[Any]:
 
     return [
         pytest.param(short_targets, ValueError, r"targets with 50 rows like X, got shape \(3, 1\)"),
-        pytest.param(foreign_X, TypeError, r"expected x (as a \w+ array|with dtype float64)"),
+        pytest.param(foreign_X, TypeError, r"fit expected X (as a \w+ array|with dtype float64)"),
+        pytest.param(host_targets, TypeError, r"fit expected the targets of X as a \w+ array"),
         pytest.param(no_epochs, ValueError, "epochs >= 1 and batch_size >= 1, got 0, 200"),
         pytest.param(step_and_alpha, TypeError, "got step= and alpha="),
     ]

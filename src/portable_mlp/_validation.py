@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._backend import backend_of, device, from_numpy, namespace_of, to_numpy
+from ._backend import Array, Placement, backend_of, device, from_numpy, namespace_of, to_numpy
 
 
 def as_host(data: Any, what: str) -> NDArray[Any]:
@@ -38,6 +38,30 @@ def check_features(X: Any, what: str = "X") -> NDArray[np.float64]:
     if not np.isfinite(A).all():
         raise ValueError(f"{what} must be finite; it has nan or inf")
     return A
+
+
+def check_n_features(X: Any, n_features: int, who: str, what: str = "X") -> None:
+    """Refuse ``X: (n, p)`` unless ``p`` is the ``n_features`` an estimator was fitted with."""
+    if X.shape[1] != n_features:
+        raise ValueError(
+            f"{what} has {X.shape[1]} features, but {who} was fitted with {n_features}"
+        )
+
+
+def features_on(where: Placement, X: Any, n_features: int, who: str) -> Array:
+    """``X`` as a model's input on ``where``: an array already there is used as it is (no copy,
+    no transfer); anything else is checked on the host and moved once."""
+    if (
+        namespace_or_none(X) is where.xp
+        and device(X) == where.device
+        and X.dtype == where.dtype
+        and X.ndim == 2
+    ):
+        check_n_features(X, n_features, who)
+        return X
+    host = check_features(X)
+    check_n_features(host, n_features, who)
+    return where.asarray(host)
 
 
 def check_class_labels(y: Any, n: int) -> NDArray[Any]:

@@ -317,26 +317,14 @@ class _BaseMLP:
             )
 
     def _check_n_features(self, X: Any, what: str = "X") -> None:
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"{what} has {X.shape[1]} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_}"
-            )
+        _validation.check_n_features(X, self.n_features_in_, type(self).__name__, what)
 
     def _logits(self, X: Any) -> Array:
         """Forward pass of ``X`` on the model's device, keeping no activations."""
         self._check_fitted()
-        model = self.model_
-        in_place = (
-            _validation.namespace_or_none(X) is model.xp
-            and _backend.device(X) == model.device
-            and X.dtype == model.dtype
-            and X.ndim == 2
-        )
-        # Already where the model is: no copy, no transfer. Otherwise checked and moved once.
-        Xd = X if in_place else _validation.check_features(X)
-        self._check_n_features(Xd)
-        return model.forward(Xd if in_place else self._on_device(Xd), cache=False)
+        where = self.model_.placement
+        Xd = _validation.features_on(where, X, self.n_features_in_, type(self).__name__)
+        return self.model_.forward(Xd, cache=False)
 
     def _on_device(self, host: Any) -> Array:
         """A float64 host array as the model's dtype on its device."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import metrics
-from ._backend import Array, Placement, device, from_numpy, host_rng
+from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from .layers import Module
 from .losses import Loss
@@ -199,6 +199,16 @@ def _working_data(
 ) -> tuple[Array, Array]:
     """``X`` checked against the model (placement, features) and ``Y`` in the loss's working
     form, once, so that the steps can skip every check."""
+    where.check(X, who="fit", what=what)
+    try:
+        same = namespace_of(Y) is where.xp
+    except TypeError:
+        same = False
+    if not same:
+        raise TypeError(
+            f"fit expected the targets of {what} as a {where.name} array like {what}, got "
+            f"{type(Y).__module__}.{type(Y).__qualname__}"
+        )
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"fit expected {what} of shape (n, p) with n >= 1, got {tuple(X.shape)}")
     if Y.ndim == 0 or Y.shape[0] != X.shape[0]:
