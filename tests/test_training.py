@@ -29,6 +29,12 @@ def _setup(case: Any, dtype: str, *, lr: float = 0.05, seed: int = 0) -> tuple[A
     return model, pm.BCEWithLogitsLoss(), pm.Adam(model, lr=lr)
 
 
+def _problem(case: Any, dtype: str) -> tuple[Any, ...]:
+    """``(model, loss, optimizer, X, y)`` of a small binary problem on ``case``."""
+    X, y = _data()
+    return (*_setup(case, dtype), case.array(X, dtype), case.array(y, dtype))
+
+
 def _host_params(model: Any) -> dict[str, np.ndarray]:
     return {k: pm.to_numpy(v) for k, v in model.parameters().items()}
 
@@ -49,11 +55,9 @@ class _Snapshots:
 
 
 def test_fit_trains_and_records_a_history(case: Any, dtype: str) -> None:
-    X, y = _data()
-    model, loss, opt = _setup(case, dtype)
-    history = pm.fit(
-        model, loss, opt, case.array(X, dtype), case.array(y, dtype), epochs=6, batch_size=16, rng=0
-    )
+    problem = _problem(case, dtype)
+    model = problem[0]
+    history = pm.fit(*problem, epochs=6, batch_size=16, rng=0)
     assert isinstance(history, pm.History)
     assert history.n_epochs == 6 and len(history.loss) == 6 and history.samples == 6 * N
     assert history.loss[-1] < history.loss[0]
@@ -143,18 +147,8 @@ def test_early_stopping_restores_the_best_weights(case: Any) -> None:
 
 
 def test_the_stopping_rule_watches_the_training_loss_without_validation(case: Any) -> None:
-    X, y = _data()
-    model, loss, opt = _setup(case, "float64")
-    history = pm.fit(
-        model,
-        loss,
-        opt,
-        case.array(X, "float64"),
-        case.array(y, "float64"),
-        epochs=50,
-        rng=0,
-        early_stopping=pm.EarlyStopping(tol=10.0, n_iter_no_change=2),
-    )
+    rule = pm.EarlyStopping(tol=10.0, n_iter_no_change=2)
+    history = pm.fit(*_problem(case, "float64"), epochs=50, rng=0, early_stopping=rule)
     # epoch 1 improves on inf; epochs 2-4 miss tol, and the count must exceed n_iter_no_change
     assert history.n_epochs == 4 and history.stopped_early
     assert history.best_epoch == 1 + int(np.argmin(history.loss)) and history.best_loss == min(
@@ -210,22 +204,12 @@ def test_a_history_keeps_the_epochs_before_a_divergence(case: Any) -> None:
 
 
 def test_eval_curves_are_recorded_and_never_stop_training(case: Any) -> None:
-    X, y = _data()
     X_ev, y_ev = _data(seed=3)
-    model, loss, opt = _setup(case, "float64")
-    snapshots = _Snapshots(model)
+    problem = _problem(case, "float64")
+    snapshots = _Snapshots(problem[0])
     Xe, ye = case.array(X_ev, "float64"), case.array(y_ev, "float64")
     history = pm.fit(
-        model,
-        loss,
-        opt,
-        case.array(X, "float64"),
-        case.array(y, "float64"),
-        epochs=5,
-        batch_size=16,
-        rng=0,
-        eval_set=(Xe, ye),
-        callbacks=[snapshots],
+        *problem, epochs=5, batch_size=16, rng=0, eval_set=(Xe, ye), callbacks=[snapshots]
     )
     assert history.n_epochs == 5 and not history.stopped_early
     assert history.eval_loss is not None and history.eval_scores is not None
@@ -256,21 +240,15 @@ def _count_read_backs(monkeypatch: pytest.MonkeyPatch, model: Any, fake: Any = N
 
 
 def test_one_read_back_per_epoch(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    X, y = _data()
     X_ev, y_ev = _data(seed=3)
-    model, loss, opt = _setup(case, "float64")
+    problem = _problem(case, "float64")
     sets = {
         "validation": (case.array(X_ev[:20], "float64"), case.array(y_ev[:20], "float64")),
         "eval_set": (case.array(X_ev[20:], "float64"), case.array(y_ev[20:], "float64")),
     }
-    Xd, yd = case.array(X, "float64"), case.array(y, "float64")
-    calls = _count_read_backs(monkeypatch, model)
+    calls = _count_read_backs(monkeypatch, problem[0])
     history = pm.fit(
-        model,
-        loss,
-        opt,
-        Xd,
-        yd,
+        *problem,
         epochs=4,
         batch_size=8,
         rng=0,
@@ -311,8 +289,7 @@ def test_the_loop_reads_back_nothing_else_on_torch_meta(monkeypatch: pytest.Monk
 
 
 def test_a_callback_can_stop_training(case: Any) -> None:
-    X, y = _data()
-    model, loss, opt = _setup(case, "float32")
+    problem = _problem(case, "float32")
 
     class StopAtTwo:
         def __init__(self) -> None:
@@ -323,18 +300,9 @@ def test_a_callback_can_stop_training(case: Any) -> None:
             assert set(logs) == {"loss", "lr"}
             return epoch == 2
 
-    watcher = _Snapshots(model)
+    watcher = _Snapshots(problem[0])
     stopper = StopAtTwo()
-    history = pm.fit(
-        model,
-        loss,
-        opt,
-        case.array(X, "float32"),
-        case.array(y, "float32"),
-        epochs=10,
-        rng=0,
-        callbacks=[stopper, watcher],
-    )
+    history = pm.fit(*problem, epochs=10, rng=0, callbacks=[stopper, watcher])
     assert history.n_epochs == 2 and stopper.epochs == [1, 2] and len(watcher.params) == 2
     assert history.stopped_early and history.stop_reason == "StopAtTwo asked to stop."
 
