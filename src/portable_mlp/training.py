@@ -256,7 +256,8 @@ class _Run:
     ) -> None:
         self.model, self.loss, self.optimizer, self.step = model, loss, optimizer, step
         self.where: Placement = optimizer.placement
-        self.xp = self.where.xp
+        self.xp, self.device = self.where.xp, self.where.device
+        self.index_dtype = self.where.index_dtype
         self.X, self.T = data
         self.validation, self.eval_set, self.score = validation, eval_set, score
         self.n = n = self.X.shape[0]
@@ -281,13 +282,8 @@ class _Run:
         for _ in range(epochs):
             order = None
             if rng is not None:  # shuffled on the host, moved once per epoch
-                where = self.where
-                order = from_numpy(
-                    rng.permutation(self.n),
-                    xp=self.xp,
-                    dtype=where.index_dtype,
-                    device=where.device,
-                )
+                indices = rng.permutation(self.n)
+                order = from_numpy(indices, xp=self.xp, dtype=self.index_dtype, device=self.device)
             logs = self.epoch(history, order, bar)
             if schedule is not None:
                 schedule.step()
