@@ -5,7 +5,7 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import checkpoints, datasets, functional, init, losses, models, optim, training
+from . import checkpoints, datasets, functional, init, losses, metrics, models, optim, training
 from ._backend import (
     BACKENDS,
     Array,
@@ -19,20 +19,14 @@ from ._backend import (
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
-from .estimator import (
-    ConvergenceWarning,
-    MLPClassifier,
-    MLPRegressor,
-    NotFittedError,
-    TrainingError,
-)
+from .estimator import ConvergenceWarning, MLPClassifier, MLPRegressor, NotFittedError
 from .export import export_onnx
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .models import MLP, Sequential, from_config
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
 from .testing import GradcheckError, GradcheckResult, gradcheck
-from .training import train_step
+from .training import EarlyStopping, History, TrainingError, fit, train_step
 
 __version__ = "0.1.0"
 
@@ -50,8 +44,10 @@ __all__ = [
     "ConvergenceWarning",
     "CosineAnnealingLR",
     "CrossEntropyLoss",
+    "EarlyStopping",
     "GradcheckError",
     "GradcheckResult",
+    "History",
     "Identity",
     "LeakyReLU",
     "Linear",
@@ -73,6 +69,7 @@ __all__ = [
     "clip_grad_norm",
     "datasets",
     "export_onnx",
+    "fit",
     "from_config",
     "functional",
     "gradcheck",
@@ -80,6 +77,7 @@ __all__ = [
     "installed_backends",
     "load",
     "losses",
+    "metrics",
     "models",
     "namespace",
     "namespace_of",

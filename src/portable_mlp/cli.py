@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, _backend, checkpoints, datasets
+from ._progress import console
+from ._validation import check_class_labels, encode_labels
 from .checkpoints import CheckpointError
 from .estimator import ConvergenceWarning, MLPClassifier, TrainingError
 from .layers import ACTIVATIONS
@@ -155,12 +157,6 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
 # ---------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
     if args.data is None and args.target is not None:
@@ -179,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
         X, y, names = (*datasets.load(name), datasets.feature_names(name))
         source = name
     assert y is not None
-    labels = datasets.check_class_labels(y, X.shape[0])
+    labels = check_class_labels(y, X.shape[0])
     X_train, X_test, y_train, y_test = datasets.train_test_split(
         X, labels, test_size=args.test_size, rng=args.seed
     )
@@ -239,12 +235,12 @@ def _report(
         table.add_row(
             split, str(len(y)), f"{_log_loss(clf, proba, y):.4f}", f"{clf.score(X, y):.4f}"
         )
-    _console().print(table)
+    console().print(table)
 
 
 def _log_loss(clf: MLPClassifier, proba: Any, y: Any) -> float:
     """Mean cross-entropy of predicted probabilities, clipped like scikit-learn's log_loss."""
-    codes = datasets.encode_labels(y, clf.classes_)
+    codes = encode_labels(y, clf.classes_)
     p = np.clip(proba[np.arange(len(codes)), codes], 1e-15, 1.0)
     return float(-np.mean(np.log(p)))
 
@@ -363,7 +359,7 @@ def _check(args: argparse.Namespace) -> int:
                 f"{TOLERANCE[dtype]:.0e}",
                 "pass" if ok else "FAIL",
             )
-    _console().print(table)
+    console().print(table)
     return 1 if failed else 0
 
 
@@ -403,7 +399,7 @@ def _info(args: argparse.Namespace) -> int:
         entry = _backend.TABLE[name]
         version = entry.version() if entry.installed() else "-"
         table.add_row(name, version, status, ", ".join(_device_label(name, d) for d in devices))
-    _console().print(table)
+    console().print(table)
     return 0
 
 

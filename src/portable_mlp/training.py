@@ -1,15 +1,34 @@
 """Training: one step (:func:`train_step`) and, built on it, the epoch loop (:func:`fit`).
 
 A step is forward, loss, backward (no dL/dx), the L2 term and the optimizer's update, and returns
-the batch loss as a 0-d array without reading it back.
+the batch loss as a 0-d array without reading it back. :func:`fit` runs steps over mini-batches
+gathered on the device and reads back once per epoch: the epoch's loss, whether every weight is
+still finite, and the validation and eval values, in one transfer.
 """
 
 from __future__ import annotations
 
-from ._backend import Array
+import contextlib
+import functools
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import metrics
+from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
+from ._progress import EpochProgress
 from .layers import Module
 from .losses import Loss
-from .optim import Optimizer
+from .optim import LRScheduler, Optimizer
+
+Step = Callable[[Array, Array], Array]
+"""``step(x, y) -> 0-d batch loss``: one update of the model from a batch (see :func:`fit`)."""
+
+
+class TrainingError(FloatingPointError):
+    """The loss or the weights became non-finite; the model keeps its last finite weights."""
 
 
 def train_step(
@@ -49,3 +68,366 @@ def train_step(
         value = value + (0.5 * scale) * penalty
     optimizer.step(grads)
     return value
+
+
+# ---------------------------------------------------------------------------- the epoch loop
+@dataclass(frozen=True)
+class EarlyStopping:
+    """scikit-learn's stopping rule: stop once the monitored value has failed to improve by at
+    least ``tol`` for more than ``n_iter_no_change`` epochs in a row.
+
+    With a validation set the value is the validation score (higher is better); without one, the
+    training loss (lower is better).
+    """
+
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+
+    def __post_init__(self) -> None:
+        if self.n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be >= 1, got {self.n_iter_no_change!r}")
+
+
+class Callback(Protocol):
+    """Told about every finished epoch; returning True stops training after it."""
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float]) -> bool | None:
+        """``epoch`` counts from 1 over the whole history; ``logs`` holds ``loss`` and ``lr``,
+        and ``validation_score``, ``eval_loss``, ``eval_score`` when those are computed."""
+        ...
+
+
+@dataclass
+class History:
+    """What :func:`fit` recorded, one entry per epoch; pass it back to :func:`fit` to go on.
+
+    ``loss``: the mean training loss of each epoch (as the steps saw it, L2 term included).
+    ``validation_scores``: the score on the validation set, which picks the best weights.
+    ``eval_loss``/``eval_scores``: the loss and score on the eval set, watched only.
+    ``best_epoch``: the epoch of the best validation score (or, with a stopping rule and no
+    validation set, of the lowest training loss); ``best_loss``/``best_score`` are those values.
+    ``stopped_early``: the stopping rule or a callback ended training before its epochs ran out
+    (scikit-learn's "converged"), for the reason in ``stop_reason``.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    validation_scores: list[float] | None = None
+    eval_loss: list[float] | None = None
+    eval_scores: list[float] | None = None
+    n_epochs: int = 0
+    samples: int = 0  # training rows seen, over all epochs
+    best_epoch: int | None = None
+    best_loss: float = math.inf
+    best_score: float | None = None
+    no_improvement: int = 0  # epochs in a row without improvement, carried into a resumed fit
+    stopped_early: bool = False
+    stop_reason: str = ""
+
+
+def fit(
+    model: Module,
+    loss: Loss,
+    optimizer: Optimizer,
+    X: Array,
+    Y: Array,
+    *,
+    epochs: int,
+    batch_size: int = 200,
+    shuffle: bool = True,
+    rng: Any = None,
+    schedule: LRScheduler | None = None,
+    validation: tuple[Array, Array] | None = None,
+    eval_set: tuple[Array, Array] | None = None,
+    early_stopping: EarlyStopping | None = None,
+    score: metrics.Score | None = None,
+    alpha: float = 0.0,
+    step: Step | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+    history: History | None = None,
+) -> History:
+    """Train ``model`` for up to ``epochs`` passes over ``X: (n, p)`` and targets ``Y``.
+
+    ``X``, ``Y`` (and the validation and eval sets) are arrays on the model's placement; ``Y`` is
+    what ``loss`` takes (integer labels or one-hot rows for cross-entropy), converted once.
+    Each epoch gathers mini-batches of ``batch_size`` rows on the device, in an order shuffled on
+    the host by ``rng`` (a seed or ``numpy.random.Generator``) unless ``shuffle=False``, then
+    steps ``schedule`` (an :mod:`~portable_mlp.optim` scheduler of the optimizer).
+
+    ``validation=(X_val, Y_val)``: scored after every epoch; at the end the model gets back the
+    weights of the best score. ``eval_set``: loss and score recorded, never used to decide.
+    ``score(z, target)`` scores model outputs (default: :func:`metrics.for_loss`).
+    ``early_stopping``: the stopping rule (:class:`EarlyStopping`); gradient clipping is the
+    optimizer's ``max_grad_norm``.
+
+    ``step(x, y)`` replaces the eager step ``train_step(model, loss, optimizer, x, y,
+    alpha=alpha)`` (a compiled one, say); its ``y`` is in the loss's working form and ``alpha``
+    then belongs to it. ``callbacks``: objects with ``on_epoch_end`` (:class:`Callback`).
+    ``progress``: draw a progress bar on stderr (reading the loss now and then). ``history``:
+    a :class:`History` to go on from (epochs, curves, best values, the stopping count).
+
+    If the loss or a weight becomes non-finite, the epoch is replayed up to the last step that
+    kept them finite and :class:`TrainingError` names the epoch and step; the model keeps those
+    weights and ``history`` the epochs before.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    if step is None:
+        step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
+    elif alpha:
+        raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")
+    where = optimizer.placement
+    val = None if validation is None else _working_data(where, model, loss, *validation, "X_val")
+    ev = None if eval_set is None else _working_data(where, model, loss, *eval_set, "X_eval")
+    # The train set goes last: a cross-entropy loss remembers whether its targets were labels,
+    # and that must hold for the training steps.
+    data = _working_data(where, model, loss, X, Y, "X")
+    if score is None and (val is not None or ev is not None):
+        score = metrics.for_loss(loss)
+    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score)
+    history = _resumed(History() if history is None else history, val, ev)
+    order_rng = host_rng(rng) if shuffle else None
+    with EpochProgress(epochs) if progress else contextlib.nullcontext() as bar:
+        best = run.epochs(epochs, history, order_rng, schedule, early_stopping, callbacks, bar)
+    if best is not None:  # the weights of the best validation score
+        model.set_parameters(best)
+    return history
+
+
+def _working_data(
+    where: Placement, model: Module, loss: Loss, X: Array, Y: Array, what: str
+) -> tuple[Array, Array]:
+    """``X`` checked against the model (placement, features) and ``Y`` in the loss's working
+    form, once, so that the steps can skip every check."""
+    where.check(X, who="fit", what=what)
+    try:
+        same = namespace_of(Y) is where.xp
+    except TypeError:
+        same = False
+    if not same:
+        raise TypeError(
+            f"fit expected the targets of {what} as a {where.name} array like {what}, got "
+            f"{type(Y).__module__}.{type(Y).__qualname__}"
+        )
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"fit expected {what} of shape (n, p) with n >= 1, got {tuple(X.shape)}")
+    if Y.ndim == 0 or Y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"fit expected targets with {X.shape[0]} rows like {what}, got shape {tuple(Y.shape)}"
+        )
+    z = model.forward(X[:1, ...], cache=False)  # checks X; gives the outputs' width and dtype
+    outputs = where.xp.zeros((X.shape[0], *z.shape[1:]), dtype=z.dtype, device=device(z))
+    loss._check_logits(outputs, Y, where.xp)
+    return X, loss._prepare_target(outputs, Y, where.xp)
+
+
+def _resumed(
+    history: History, validation: tuple[Array, Array] | None, eval_set: tuple[Array, Array] | None
+) -> History:
+    """``history`` with lists for the curves this fit will record."""
+    if validation is not None:
+        if history.validation_scores is None:
+            history.validation_scores = []
+        if history.best_score is None:
+            history.best_score = -math.inf
+    if eval_set is not None:
+        if history.eval_loss is None:
+            history.eval_loss = []
+        if history.eval_scores is None:
+            history.eval_scores = []
+    history.stopped_early, history.stop_reason = False, ""
+    return history
+
+
+class _Run:
+    """One call of :func:`fit`: the data on the device, the steps and the per-epoch bookkeeping."""
+
+    def __init__(
+        self,
+        model: Module,
+        loss: Loss,
+        optimizer: Optimizer,
+        step: Step,
+        data: tuple[Array, Array],
+        batch_size: int,
+        validation: tuple[Array, Array] | None,
+        eval_set: tuple[Array, Array] | None,
+        score: metrics.Score | None,
+    ) -> None:
+        self.model, self.loss, self.optimizer, self.step = model, loss, optimizer, step
+        self.where: Placement = optimizer.placement
+        self.xp, self.device = self.where.xp, self.where.device
+        self.index_dtype = self.where.index_dtype
+        self.X, self.T = data
+        self.validation, self.eval_set, self.score = validation, eval_set, score
+        self.n = n = self.X.shape[0]
+        batch = min(batch_size, n)
+        self.bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
+        # A mean loss times the batch's rows sums the epoch's loss; a summed loss already does.
+        self.per_row = loss.reduction == "mean"
+
+    # ---- the epochs
+    def epochs(
+        self,
+        epochs: int,
+        history: History,
+        rng: Any,
+        schedule: LRScheduler | None,
+        rule: EarlyStopping | None,
+        callbacks: Sequence[Callback],
+        bar: EpochProgress | None,
+    ) -> dict[str, Array] | None:
+        """Up to ``epochs`` epochs; returns the best validation weights of this run, if any."""
+        best = None
+        for _ in range(epochs):
+            order = None
+            if rng is not None:  # shuffled on the host, moved once per epoch
+                indices = rng.permutation(self.n)
+                order = from_numpy(indices, xp=self.xp, dtype=self.index_dtype, device=self.device)
+            logs = self.epoch(history, order, bar)
+            if schedule is not None:
+                schedule.step()
+            if self._track(history, logs, rule):
+                best = self._copy_params()
+            if bar is not None:
+                bar.end_epoch(logs)
+            stop = [c for c in callbacks if c.on_epoch_end(history.n_epochs, logs)]
+            if stop and not history.stopped_early:
+                history.stopped_early = True
+                history.stop_reason = f"{type(stop[0]).__name__} asked to stop."
+            if history.stopped_early:
+                if bar is not None:
+                    bar.log(history.stop_reason)
+                break
+        return best
+
+    def epoch(
+        self, history: History, order: Array | None, bar: EpochProgress | None
+    ) -> dict[str, float]:
+        """One pass over the data, recorded in ``history``; its values as ``logs``."""
+        epoch = history.n_epochs + 1
+        lr = self.optimizer.lr
+        snapshot = self._snapshot()
+        if bar is not None:
+            bar.start_epoch(epoch, len(self.bounds))
+        with self.where.floating_point_errors_quiet():
+            step_losses = self._steps(order, bar)
+            parts = [functools.reduce(operator.add, step_losses), self._finite()]
+            if self.eval_set is not None:
+                parts += self._evaluate(*self.eval_set)
+            if self.validation is not None:
+                parts.append(self._evaluate(*self.validation)[1])
+            xp, dtype = self.xp, self.where.dtype
+            values = self.where.to_host(xp.stack([xp.astype(p, dtype) for p in parts]))  # the read
+        total, finite, *scores = (float(v) for v in values)
+        loss = total / self.n
+        if not (math.isfinite(loss) and finite == 1.0):
+            with self.where.floating_point_errors_quiet():
+                self._recover(epoch, snapshot, order, step_losses)
+        history.n_epochs, history.samples = epoch, history.samples + self.n
+        history.loss.append(loss)
+        logs = {"loss": loss, "lr": lr}
+        if self.eval_set is not None:
+            assert history.eval_loss is not None and history.eval_scores is not None
+            logs["eval_loss"], logs["eval_score"] = scores[0], scores[1]
+            history.eval_loss.append(scores[0])
+            history.eval_scores.append(scores[1])
+        if self.validation is not None:
+            assert history.validation_scores is not None
+            logs["validation_score"] = scores[-1]
+            history.validation_scores.append(scores[-1])
+        return logs
+
+    def _track(self, history: History, logs: dict[str, float], rule: EarlyStopping | None) -> bool:
+        """Update the best values and the stopping count; whether this epoch's weights are the
+        best validation weights so far."""
+        improved, new_best = True, False
+        if self.validation is not None:
+            assert history.best_score is not None
+            value = logs["validation_score"]
+            improved = rule is None or value >= history.best_score + rule.tol
+            if value > history.best_score:
+                history.best_score, history.best_epoch, new_best = value, history.n_epochs, True
+        elif rule is not None:
+            value = logs["loss"]
+            improved = value <= history.best_loss - rule.tol
+            if value < history.best_loss:
+                history.best_loss, history.best_epoch = value, history.n_epochs
+        if rule is not None:
+            history.no_improvement = 0 if improved else history.no_improvement + 1
+            if history.no_improvement > rule.n_iter_no_change:
+                what = "Validation score" if self.validation is not None else "Training loss"
+                history.stopped_early = True
+                history.stop_reason = (
+                    f"{what} did not improve more than tol={rule.tol} for "
+                    f"{rule.n_iter_no_change} consecutive epochs. Stopping."
+                )
+        return new_best
+
+    def _steps(self, order: Array | None, bar: EpochProgress | None) -> list[Array]:
+        """Every batch once; each step's summed loss as a 0-d array (no read-back)."""
+        out = []
+        for s, e in self.bounds:
+            value = self.step(*self._batch(order, s, e))
+            out.append(value * float(e - s) if self.per_row else value)
+            if bar is not None:
+                bar.step(out, e)
+        return out
+
+    def _batch(self, order: Array | None, s: int, e: int) -> tuple[Array, Array]:
+        """Rows ``s:e`` of the epoch's order, gathered on the device (a slice if unshuffled)."""
+        if order is None:
+            return self.X[s:e, ...], self.T[s:e, ...]
+        idx = order[s:e]
+        return self.xp.take(self.X, idx, axis=0), self.xp.take(self.T, idx, axis=0)
+
+    def _evaluate(self, X: Array, T: Array) -> list[Array]:
+        """Mean loss and score of the model on prepared data, as 0-d arrays (no read-back)."""
+        assert self.score is not None
+        z = self.model._forward(X, False)
+        value = self.loss._forward(z, T, self.xp)
+        self.loss._cache = None  # nothing will be propagated back: let the outputs go
+        if not self.per_row:
+            value = value / float(X.shape[0])
+        return [value, self.score(z, T)]
+
+    # ---- non-finite recovery
+    def _finite(self) -> Array:
+        """Whether every weight is finite, as a 0-d array."""
+        xp = self.xp
+        checks = [xp.all(xp.isfinite(v)) for v in self.model.parameters().values()]
+        return functools.reduce(xp.logical_and, checks)
+
+    def _copy_params(self) -> dict[str, Array]:
+        return {k: self.xp.asarray(v, copy=True) for k, v in self.model.parameters().items()}
+
+    def _snapshot(self) -> tuple[dict[str, Array], dict[str, Any]]:
+        return self._copy_params(), self.optimizer.state_dict()
+
+    def _restore(self, snapshot: tuple[dict[str, Array], dict[str, Any]]) -> None:
+        params, opt_state = snapshot
+        self.model.set_parameters({k: self.xp.asarray(v, copy=True) for k, v in params.items()})
+        self.optimizer.load_state_dict(opt_state)
+
+    def _recover(
+        self, epoch: int, snapshot: Any, order: Array | None, step_losses: list[Array]
+    ) -> None:
+        """Replay the epoch up to the last step that kept loss and weights finite, then raise."""
+        to_float = self.where.to_host  # the failure path: a read per step is fine here
+        values = [float(to_float(v)) for v in step_losses]
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), len(values))
+        self._restore(snapshot)
+        good, kept = snapshot, 0
+        for i, (s, e) in enumerate(self.bounds[:bad]):
+            self.step(*self._batch(order, s, e))
+            if not bool(self.where.to_host(self._finite())):
+                break
+            good, kept = self._snapshot(), i + 1
+        self._restore(good)
+        what = "loss" if bad < len(values) else "weights"
+        where = f"step {bad + 1}" if bad < len(values) else f"the update of step {len(values)}"
+        raise TrainingError(
+            f"training diverged: the {what} became non-finite at epoch {epoch}, {where} of "
+            f"{len(self.bounds)}; the model keeps the last finite weights (after {kept} step(s) "
+            f"of epoch {epoch}). Try a smaller learning rate or set max_grad_norm."
+        )
