@@ -39,3 +39,24 @@ def test_model_roundtrip_keeps_placement_values_and_behaviour(
 def test_placement_pickles_as_its_spelling(case: Any, dtype: str) -> None:
     where = pm.placement(case.backend, case.device, dtype)
     assert pickle.loads(pickle.dumps(where)) is where  # placements are cached by spelling
+
+
+@pytest.mark.parametrize("make", [pm.SGD, pm.Adam, pm.AdamW], ids=["sgd", "adam", "adamw"])
+def test_optimizer_roundtrip_keeps_its_state_and_model(case: Any, make: Any) -> None:
+    model = pm.MLP([3, 4, 1], rng=0, **case.model_kwargs("float64"))
+    opt = make(model, lr=0.01) if make is not pm.SGD else make(model, lr=0.01, momentum=0.9)
+    loss = pm.BCEWithLogitsLoss()
+    rng = np.random.default_rng(2)
+    x = case.array(rng.normal(size=(6, 3)), "float64")
+    y = case.array(rng.integers(0, 2, size=(6, 1)).astype(float), "float64")
+    pm.train_step(model, loss, opt, x, y)
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone.model is not model and clone.placement == opt.placement
+    assert clone.steps == opt.steps == 1
+    # the copy and the original take the same next step from the same state
+    pm.train_step(model, loss, opt, x, y)
+    pm.train_step(clone.model, loss, clone, x, y)
+    for key, value in model.parameters().items():
+        np.testing.assert_array_equal(
+            pm.to_numpy(clone.model.parameters()[key]), pm.to_numpy(value)
+        )

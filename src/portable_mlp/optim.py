@@ -74,6 +74,14 @@ class Optimizer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr}, weight_decay={self.weight_decay})"
 
+    # The namespace module does not pickle; the placement does, and gives it back.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "xp"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.xp = self.placement.xp
+
     def step(self, grads: Mapping[str, Array] | None = None) -> None:
         """One update from ``grads`` (default: ``model.gradients()``, same keys as parameters)."""
         params = self.model.parameters()
