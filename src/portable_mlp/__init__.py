@@ -5,7 +5,20 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import checkpoints, datasets, functional, init, losses, metrics, models, optim, training
+from typing import Any
+
+from . import (
+    checkpoints,
+    datasets,
+    estimator,
+    functional,
+    init,
+    losses,
+    metrics,
+    models,
+    optim,
+    training,
+)
 from ._backend import (
     BACKENDS,
     Array,
@@ -19,7 +32,7 @@ from ._backend import (
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
-from .estimator import ConvergenceWarning, MLPClassifier, MLPRegressor, NotFittedError
+from .estimator import MLPClassifier, MLPRegressor
 from .export import export_onnx
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
@@ -29,6 +42,14 @@ from .testing import GradcheckError, GradcheckResult, gradcheck
 from .training import EarlyStopping, History, TrainingError, fit, train_step
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # scikit-learn's subclasses, made on first use (see portable_mlp.estimator)
+    if name in ("ConvergenceWarning", "NotFittedError"):
+        return getattr(estimator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

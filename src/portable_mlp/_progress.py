@@ -22,10 +22,11 @@ class EpochProgress:
     """Progress of one training run on stderr: a bar over the epochs with the last loss (and
     score), and under it a bar over the current epoch's steps with the running loss.
 
-    Use as a context manager; the bars are removed from the live display on exit.
+    Use as a context manager; the bars are removed from the live display on exit. ``eval_name``
+    is what the eval set is called (the command line's is its held-out test split).
     """
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, eval_name: str = "eval") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -45,6 +46,7 @@ class EpochProgress:
         self._epochs = self._bar.add_task("epochs", total=epochs, info="")
         self._steps = self._bar.add_task("steps", total=1, info="", visible=False)
         self._every = 1
+        self._eval_name = eval_name
 
     def __enter__(self) -> EpochProgress:
         self._bar.start()
@@ -74,12 +76,11 @@ class EpochProgress:
             self._bar.update(self._steps, advance=1)
 
     def end_epoch(self, logs: Mapping[str, float]) -> None:
-        """The epoch's loss, and its validation score (else its eval score) if it has one."""
+        """The epoch's loss, and its validation and eval scores where it has them."""
         info = f"loss {logs['loss']:.4f}"
-        for key, label in (("validation_score", "validation"), ("eval_score", "eval")):
+        for key, label in (("validation_score", "validation"), ("eval_score", self._eval_name)):
             if key in logs:
                 info += f", {label} {logs[key]:.4f}"
-                break
         self._bar.update(self._epochs, advance=1, info=info)
 
     def log(self, message: str) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _backend, checkpoints, datasets
+from . import __version__, _backend, checkpoints, datasets, estimator
 from ._progress import console
 from ._validation import check_class_labels, encode_labels
 from .checkpoints import CheckpointError
-from .estimator import ConvergenceWarning, MLPClassifier, TrainingError
+from .estimator import MLPClassifier, TrainingError
 from .layers import ACTIVATIONS
 from .optim import OPTIMIZERS
 
@@ -175,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
         X, y, names = (*datasets.load(name), datasets.feature_names(name))
         source = name
     assert y is not None
-    labels = check_class_labels(y, X.shape[0])
+    labels, _ = check_class_labels(y, X.shape[0])
     X_train, X_test, y_train, y_test = datasets.train_test_split(
         X, labels, test_size=args.test_size, rng=args.seed
     )
@@ -198,12 +198,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always", UserWarning)  # ConvergenceWarning is one
         clf.fit(X_train, y_train, eval_set=(X_test, y_test))  # watched for the curves only
     seconds = time.perf_counter() - start
     _report(clf, source, (X_train, y_train), (X_test, y_test), seconds)
     for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
+        if issubclass(w.category, estimator.ConvergenceWarning):
             print(f"note: {w.message} (raise --epochs?)", file=sys.stderr)
     if args.save is not None:
         meta = {"standardizer": scaler.to_dict(), "feature_names": names, "source": source}

@@ -123,13 +123,10 @@ def _open(source: Any) -> tuple[Any, dict[str, Any]]:
 def _model_of(obj: Any) -> tuple[Module, Placement, str]:
     """The network of a model or fitted estimator, its placement, and ``"model"`` or the
     estimator's class."""
-    from .estimator import MLPClassifier, MLPRegressor, NotFittedError
+    from .estimator import MLPClassifier, MLPRegressor
 
     if isinstance(obj, (MLPClassifier, MLPRegressor)):
-        if getattr(obj, "model_", None) is None:
-            raise NotFittedError(
-                f"This {type(obj).__name__} instance is not fitted yet; call fit() first"
-            )
+        obj._check_fitted()  # NotFittedError
         kind = "MLPClassifier" if isinstance(obj, MLPClassifier) else "MLPRegressor"
         return obj.model_, obj.model_.placement, kind
     if isinstance(obj, Module):

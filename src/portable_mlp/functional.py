@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ._backend import Array, device, namespace_of
 
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "none"]
 Layout = Literal["rows", "columns"]
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # a Python float: it keeps float32 arrays float32 (NEP 50)
@@ -164,6 +164,8 @@ def _scale(reduction: Reduction, size: int) -> float:
 
 
 def _reduce(per_element: Array, reduction: Reduction, *, xp: ModuleType) -> Array:
+    if reduction == "none":  # each element's loss; a backward then gives the sum's gradient
+        return per_element
     total = xp.sum(per_element)
     return total / math.prod(per_element.shape) if reduction == "mean" else total
 
@@ -221,9 +223,11 @@ def cross_entropy(
 ) -> Array:
     """Cross-entropy of log-probabilities logp: (n, k) against one-hot rows target: (n, k).
 
-    Averaged over the n rows, as ``torch.nn.CrossEntropyLoss`` does.
+    Averaged over the n rows, as ``torch.nn.CrossEntropyLoss`` does (``"none"``: each row's, (n,)).
     """
     xp = _ns(xp, logp)
+    if reduction == "none":
+        return -xp.sum(target * logp, axis=-1)
     total = -xp.sum(target * logp)
     return total / logp.shape[0] if reduction == "mean" else total
 

@@ -334,6 +334,7 @@ class Identity(_Activation):
 ACTIVATIONS: dict[str, type[_Activation]] = {
     "relu": ReLU,
     "sigmoid": Sigmoid,
+    "logistic": Sigmoid,  # scikit-learn's name for it
     "tanh": Tanh,
     "leaky_relu": LeakyReLU,
     "identity": Identity,

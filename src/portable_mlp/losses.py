@@ -1,7 +1,10 @@
 """Losses with the definitions and reductions of their PyTorch namesakes.
 
 ``L = loss.forward(z, y)`` returns a 0-d array and keeps what ``dz = loss.backward()`` needs;
-``dz`` is the true gradient of ``L`` (the 1/n of a mean lives here, not in the layers).
+``dz`` is the true gradient of ``L`` (the 1/n of a mean lives here, not in the layers). With
+``reduction="none"`` ``L`` holds each element's loss (each row's, for cross-entropy) and ``dz`` is
+the gradient of their sum. :class:`SampleWeightedLoss` weights rows, as scikit-learn's
+``sample_weight`` does.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 from . import functional as F
 from ._backend import Array, device, dtype_name, isdtype, namespace_of
 
-_REDUCTIONS = ("mean", "sum")
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 class Loss:
@@ -152,6 +155,53 @@ class MSELoss(Loss):
 
     def _backward(self, z: Array, target: Array, xp: ModuleType) -> Array:
         return F.mse_backward(z, target, reduction=self.reduction, xp=xp)
+
+
+class SampleWeightedLoss(Loss):
+    """``base``'s loss with a weight per row: ``sum_i w_i l_i / sum_i w_i``, where ``l_i`` is row
+    ``i``'s loss as ``base``'s mean counts it (its mean over the outputs, or its cross-entropy),
+    so unit weights give ``base`` itself: scikit-learn's ``sample_weight``.
+
+    The targets carry the weights as one more column, ``y: (n, k + 1)`` for ``z: (n, k)``, so a
+    batch gathered from them brings its weights along. ``weight_total`` is the last batch's sum
+    of weights (a 0-d array), by which :func:`~portable_mlp.training.train_step` divides the L2
+    term, as scikit-learn does.
+    """
+
+    def __init__(self, base: Loss) -> None:
+        super().__init__("mean")
+        if type(base) not in LOSSES.values():
+            raise TypeError(f"SampleWeightedLoss takes one of {', '.join(LOSSES)}, got {base!r}")
+        self.base = type(base)(reduction="none")
+        self.weight_total: Array | None = None
+
+    def __repr__(self) -> str:
+        return f"SampleWeightedLoss({type(self.base).__name__}())"
+
+    def _check_logits(self, z: Array, y: Array, xp: ModuleType) -> None:
+        self.base._check_logits(z, y, xp)
+
+    def _prepare_target(self, z: Array, y: Array, xp: ModuleType) -> Array:
+        if y.ndim != 2 or tuple(y.shape) != (z.shape[0], z.shape[1] + 1):
+            raise ValueError(
+                f"{self!r} expected targets and weights of shape {(z.shape[0], z.shape[1] + 1)} "
+                f"for z of shape {tuple(z.shape)}, got {tuple(y.shape)}"
+            )
+        target = self.base._prepare_target(z, y[:, :-1], xp)
+        return xp.concat([target, self._float_target(z, y[:, -1:], xp, integers_ok=False)], axis=1)
+
+    def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
+        w = target[:, -1]  # (n,)
+        each = self.base._forward(z, target[:, :-1], xp)  # (n, k), or (n,) for cross-entropy
+        outputs = 1 if each.ndim == 1 else each.shape[1]
+        rows = each if each.ndim == 1 else xp.sum(each, axis=1)
+        self.weight_total = total = xp.sum(w)
+        share = w / (total * float(outputs))  # (n,): each row's part of the weighted mean
+        self._cache = (share[:, None],)
+        return xp.sum(rows * share)
+
+    def _backward(self, share: Array) -> Array:
+        return self.base.backward() * share
 
 
 LOSSES: dict[str, type[Loss]] = {

@@ -314,3 +314,52 @@ class CosineAnnealingLR(LRScheduler):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+# ---------------------------------------------------------------- scikit-learn's schedules
+class InvScalingLR(LRScheduler):
+    """scikit-learn's ``"invscaling"``: after each epoch ``lr = base_lr / (t + 1) ** power_t``,
+    where ``t`` counts the training rows seen so far: ``samples`` to begin with, then
+    ``samples_per_epoch`` more each epoch."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        power_t: float = 0.5,
+        samples_per_epoch: int = 1,
+        samples: int = 0,
+    ) -> None:
+        if not (math.isfinite(power_t) and power_t >= 0):
+            raise ValueError(f"InvScalingLR power_t must be finite and >= 0, got {power_t!r}")
+        super().__init__(optimizer)
+        self.power_t = float(power_t)
+        self.samples_per_epoch, self.samples = int(samples_per_epoch), int(samples)
+
+    def step(self) -> float:
+        self.samples += self.samples_per_epoch
+        return super().step()
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr / math.pow(self.samples + 1, self.power_t)
+
+
+class AdaptiveLR(LRScheduler):
+    """scikit-learn's ``"adaptive"``: the rate stays as it is until training stalls (the stopping
+    rule of :func:`~portable_mlp.training.fit` would stop it), then is divided by ``factor``; a
+    stall once the rate is at most ``min_lr`` ends training."""
+
+    def __init__(self, optimizer: Optimizer, factor: float = 5.0, min_lr: float = 1e-6) -> None:
+        if not factor > 1:
+            raise ValueError(f"AdaptiveLR factor must be > 1, got {factor!r}")
+        super().__init__(optimizer)
+        self.factor, self.min_lr = float(factor), float(min_lr)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.optimizer.lr
+
+    def on_stall(self) -> bool:
+        """Divide the rate by ``factor`` and go on (True), or stop if it is already small."""
+        if self.optimizer.lr <= self.min_lr:
+            return False
+        self.optimizer.lr /= self.factor
+        return True

@@ -4,6 +4,10 @@ A step is forward, loss, backward (no dL/dx), the L2 term and the optimizer's up
 the batch loss as a 0-d array without reading it back. :func:`fit` runs steps over mini-batches
 gathered on the device and reads back once per epoch: the epoch's loss, whether every weight is
 still finite, and the validation and eval values, in one transfer.
+
+The training features may also be a SciPy sparse matrix on the host (as scikit-learn's MLP
+takes): each batch's rows are then densified on their own and moved to the device, so the dense
+whole never exists.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any, Protocol
 from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
+from ._validation import is_sparse
 from .layers import Module
-from .losses import Loss
+from .losses import Loss, SampleWeightedLoss
 from .optim import LRScheduler, Optimizer
 
 Step = Callable[[Array, Array], Array]
@@ -44,10 +49,11 @@ def train_step(
     """One training step: forward, loss, backward (no dL/dx), L2 term, update.
 
     ``alpha`` is scikit-learn's L2 penalty, ``alpha / 2 ||W||^2 / n_batch`` on weights (not
-    biases), added to the loss and its gradient. Returns the batch loss as a 0-d array, without
-    reading it back. ``check=False`` skips the input checks, for loops whose data were checked
-    once up front; ``y`` must then be in the loss's working form (float one-hot rows for
-    cross-entropy).
+    biases), added to the loss and its gradient (with a :class:`SampleWeightedLoss`, over the
+    batch's sum of weights instead of its rows, as scikit-learn). Returns the batch loss as a
+    0-d array, without reading it back. ``check=False`` skips the input checks, for loops whose
+    data were checked once up front; ``y`` must then be in the loss's working form (float
+    one-hot rows for cross-entropy).
     """
     if check:
         value = loss.forward(model.forward(x), y)
@@ -57,7 +63,10 @@ def train_step(
     grads = model.gradients()
     if alpha:
         xp = optimizer.xp
-        scale = float(alpha) / x.shape[0]
+        rows: Any = x.shape[0]
+        if isinstance(loss, SampleWeightedLoss):
+            rows = loss.weight_total  # the batch's sum of weights (0-d), as scikit-learn
+        scale = float(alpha) / rows
         penalty = None
         grads = dict(grads)  # a Linear hands out its own dict: leave the layer's gradients alone
         for key, W in model.parameters().items():
@@ -81,11 +90,13 @@ class EarlyStopping:
     """
 
     tol: float = 1e-4
-    n_iter_no_change: int = 10
+    n_iter_no_change: float = 10  # an int, or math.inf: never stop
 
     def __post_init__(self) -> None:
-        if self.n_iter_no_change < 1:
+        if not self.n_iter_no_change >= 1:
             raise ValueError(f"n_iter_no_change must be >= 1, got {self.n_iter_no_change!r}")
+        if not math.isfinite(self.tol):
+            raise ValueError(f"tol must be finite, got {self.tol!r}")
 
 
 class Callback(Protocol):
@@ -144,12 +155,15 @@ def fit(
     step: Step | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
+    eval_name: str = "eval",
     history: History | None = None,
 ) -> History:
     """Train ``model`` for up to ``epochs`` passes over ``X: (n, p)`` and targets ``Y``.
 
     ``X``, ``Y`` (and the validation and eval sets) are arrays on the model's placement; ``Y`` is
     what ``loss`` takes (integer labels or one-hot rows for cross-entropy), converted once.
+    ``X`` may also be a SciPy sparse matrix on the host, densified one batch at a time (a sparse
+    validation or eval set is densified whole).
     Each epoch gathers mini-batches of ``batch_size`` rows on the device, in an order shuffled on
     the host by ``rng`` (a seed or ``numpy.random.Generator``) unless ``shuffle=False``, then
     steps ``schedule`` (an :mod:`~portable_mlp.optim` scheduler of the optimizer).
@@ -157,13 +171,15 @@ def fit(
     ``validation=(X_val, Y_val)``: scored after every epoch; at the end the model gets back the
     weights of the best score. ``eval_set``: loss and score recorded, never used to decide.
     ``score(z, target)`` scores model outputs (default: :func:`metrics.for_loss`).
-    ``early_stopping``: the stopping rule (:class:`EarlyStopping`); gradient clipping is the
-    optimizer's ``max_grad_norm``.
+    ``early_stopping``: the stopping rule (:class:`EarlyStopping`); a schedule with
+    ``on_stall()`` (:class:`~portable_mlp.optim.AdaptiveLR`) is asked first whether to go on with
+    a smaller learning rate. Gradient clipping is the optimizer's ``max_grad_norm``.
 
     ``step(x, y)`` replaces the eager step ``train_step(model, loss, optimizer, x, y,
     alpha=alpha)`` (a compiled one, say); its ``y`` is in the loss's working form and ``alpha``
     then belongs to it. ``callbacks``: objects with ``on_epoch_end`` (:class:`Callback`).
-    ``progress``: draw a progress bar on stderr (reading the loss now and then). ``history``:
+    ``progress``: draw a progress bar on stderr (reading the loss now and then), which calls
+    the eval set ``eval_name``. ``history``:
     a :class:`History` to go on from (epochs, curves, best values, the stopping count).
 
     If the loss or a weight becomes non-finite, the epoch is replayed up to the last step that
@@ -172,6 +188,8 @@ def fit(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    if loss.reduction == "none":
+        raise ValueError(f"fit needs a loss reduced to one number per batch, got {loss!r}")
     if step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
@@ -187,7 +205,7 @@ def fit(
     run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score)
     history = _resumed(History() if history is None else history, val, ev)
     order_rng = host_rng(rng) if shuffle else None
-    with EpochProgress(epochs) if progress else contextlib.nullcontext() as bar:
+    with EpochProgress(epochs, eval_name) if progress else contextlib.nullcontext() as bar:
         best = run.epochs(epochs, history, order_rng, schedule, early_stopping, callbacks, bar)
     if best is not None:  # the weights of the best validation score
         model.set_parameters(best)
@@ -198,8 +216,15 @@ def _working_data(
     where: Placement, model: Module, loss: Loss, X: Array, Y: Array, what: str
 ) -> tuple[Array, Array]:
     """``X`` checked against the model (placement, features) and ``Y`` in the loss's working
-    form, once, so that the steps can skip every check."""
-    where.check(X, who="fit", what=what)
+    form, once, so that the steps can skip every check. A sparse training ``X`` stays on the host
+    in CSR form; a sparse validation or eval ``X`` is densified here."""
+    sparse = is_sparse(X)
+    if sparse and what == "X":
+        X = X.tocsr()  # rows are gathered batch by batch: CSR slices them cheaply
+    elif sparse:
+        X = from_numpy(X.toarray(), xp=where.xp, dtype=where.dtype, device=where.device)
+    else:
+        where.check(X, who="fit", what=what)
     try:
         same = namespace_of(Y) is where.xp
     except TypeError:
@@ -215,10 +240,16 @@ def _working_data(
         raise ValueError(
             f"fit expected targets with {X.shape[0]} rows like {what}, got shape {tuple(Y.shape)}"
         )
-    z = model.forward(X[:1, ...], cache=False)  # checks X; gives the outputs' width and dtype
+    first = _densified(where, X[:1]) if is_sparse(X) else X[:1, ...]
+    z = model.forward(first, cache=False)  # checks X; gives the outputs' width and dtype
     outputs = where.xp.zeros((X.shape[0], *z.shape[1:]), dtype=z.dtype, device=device(z))
     loss._check_logits(outputs, Y, where.xp)
     return X, loss._prepare_target(outputs, Y, where.xp)
+
+
+def _densified(where: Placement, rows: Any) -> Array:
+    """Rows of a host sparse matrix as a dense array on ``where``."""
+    return from_numpy(rows.toarray(), xp=where.xp, dtype=where.dtype, device=where.device)
 
 
 def _resumed(
@@ -237,6 +268,10 @@ def _resumed(
             history.eval_scores = []
     history.stopped_early, history.stop_reason = False, ""
     return history
+
+
+# An epoch's order of rows: the permutation on the device and on the host; None: unshuffled.
+_Order = tuple[Array, Any] | None
 
 
 class _Run:
@@ -259,6 +294,7 @@ class _Run:
         self.xp, self.device = self.where.xp, self.where.device
         self.index_dtype = self.where.index_dtype
         self.X, self.T = data
+        self.sparse = is_sparse(self.X)
         self.validation, self.eval_set, self.score = validation, eval_set, score
         self.n = n = self.X.shape[0]
         batch = min(batch_size, n)
@@ -283,14 +319,20 @@ class _Run:
             order = None
             if rng is not None:  # shuffled on the host, moved once per epoch
                 indices = rng.permutation(self.n)
-                order = from_numpy(indices, xp=self.xp, dtype=self.index_dtype, device=self.device)
+                on_device = from_numpy(
+                    indices, xp=self.xp, dtype=self.index_dtype, device=self.device
+                )
+                order = (on_device, indices)
             logs = self.epoch(history, order, bar)
             if schedule is not None:
                 schedule.step()
-            if self._track(history, logs, rule):
+            new_best, note = self._track(history, logs, rule, schedule)
+            if new_best:
                 best = self._copy_params()
             if bar is not None:
                 bar.end_epoch(logs)
+                if note:
+                    bar.log(note)
             stop = [c for c in callbacks if c.on_epoch_end(history.n_epochs, logs)]
             if stop and not history.stopped_early:
                 history.stopped_early = True
@@ -301,9 +343,7 @@ class _Run:
                 break
         return best
 
-    def epoch(
-        self, history: History, order: Array | None, bar: EpochProgress | None
-    ) -> dict[str, float]:
+    def epoch(self, history: History, order: _Order, bar: EpochProgress | None) -> dict[str, float]:
         """One pass over the data, recorded in ``history``; its values as ``logs``."""
         epoch = history.n_epochs + 1
         lr = self.optimizer.lr
@@ -338,9 +378,15 @@ class _Run:
             history.validation_scores.append(scores[-1])
         return logs
 
-    def _track(self, history: History, logs: dict[str, float], rule: EarlyStopping | None) -> bool:
+    def _track(
+        self,
+        history: History,
+        logs: dict[str, float],
+        rule: EarlyStopping | None,
+        schedule: LRScheduler | None,
+    ) -> tuple[bool, str]:
         """Update the best values and the stopping count; whether this epoch's weights are the
-        best validation weights so far."""
+        best validation weights so far, and a note for the progress bar (or "")."""
         improved, new_best = True, False
         if self.validation is not None:
             assert history.best_score is not None
@@ -353,18 +399,25 @@ class _Run:
             improved = value <= history.best_loss - rule.tol
             if value < history.best_loss:
                 history.best_loss, history.best_epoch = value, history.n_epochs
+        note = ""
         if rule is not None:
             history.no_improvement = 0 if improved else history.no_improvement + 1
             if history.no_improvement > rule.n_iter_no_change:
                 what = "Validation score" if self.validation is not None else "Training loss"
-                history.stopped_early = True
-                history.stop_reason = (
+                stalled = (
                     f"{what} did not improve more than tol={rule.tol} for "
-                    f"{rule.n_iter_no_change} consecutive epochs. Stopping."
+                    f"{rule.n_iter_no_change} consecutive epochs."
                 )
-        return new_best
+                on_stall = getattr(schedule, "on_stall", None)
+                if on_stall is not None and on_stall():  # go on at a smaller learning rate
+                    history.no_improvement = 0
+                    note = f"{stalled} Setting learning rate to {self.optimizer.lr:g}."
+                else:
+                    history.stopped_early = True
+                    history.stop_reason = f"{stalled} Stopping."
+        return new_best, note
 
-    def _steps(self, order: Array | None, bar: EpochProgress | None) -> list[Array]:
+    def _steps(self, order: _Order, bar: EpochProgress | None) -> list[Array]:
         """Every batch once; each step's summed loss as a 0-d array (no read-back)."""
         out = []
         for s, e in self.bounds:
@@ -374,12 +427,19 @@ class _Run:
                 bar.step(out, e)
         return out
 
-    def _batch(self, order: Array | None, s: int, e: int) -> tuple[Array, Array]:
-        """Rows ``s:e`` of the epoch's order, gathered on the device (a slice if unshuffled)."""
+    def _batch(self, order: _Order, s: int, e: int) -> tuple[Array, Array]:
+        """Rows ``s:e`` of the epoch's order, gathered on the device (a slice if unshuffled);
+        sparse rows are gathered on the host and densified."""
         if order is None:
-            return self.X[s:e, ...], self.T[s:e, ...]
-        idx = order[s:e]
-        return self.xp.take(self.X, idx, axis=0), self.xp.take(self.T, idx, axis=0)
+            x = _densified(self.where, self.X[s:e]) if self.sparse else self.X[s:e, ...]
+            return x, self.T[s:e, ...]
+        on_device, on_host = order
+        idx = on_device[s:e]
+        if self.sparse:
+            x = _densified(self.where, self.X[on_host[s:e]])
+        else:
+            x = self.xp.take(self.X, idx, axis=0)
+        return x, self.xp.take(self.T, idx, axis=0)
 
     def _evaluate(self, X: Array, T: Array) -> list[Array]:
         """Mean loss and score of the model on prepared data, as 0-d arrays (no read-back)."""
@@ -409,9 +469,7 @@ class _Run:
         self.model.set_parameters({k: self.xp.asarray(v, copy=True) for k, v in params.items()})
         self.optimizer.load_state_dict(opt_state)
 
-    def _recover(
-        self, epoch: int, snapshot: Any, order: Array | None, step_losses: list[Array]
-    ) -> None:
+    def _recover(self, epoch: int, snapshot: Any, order: _Order, step_losses: list[Array]) -> None:
         """Replay the epoch up to the last step that kept loss and weights finite, then raise."""
         to_float = self.where.to_host  # the failure path: a read per step is fine here
         values = [float(to_float(v)) for v in step_losses]
