@@ -403,8 +403,8 @@ def check_regression_targets(y: Any, n: int) -> NDArray[np.float64]:
 
 
 def check_sample_weight(sample_weight: Any, n: int) -> NDArray[np.float64] | None:
-    """``sample_weight`` as float64 ``(n,)``: finite, non-negative, not all zero. ``None`` for
-    none given and for unit weights, which weigh nothing differently."""
+    """``sample_weight`` as float64 ``(n,)``: finite, non-negative, not all zero (``None`` for
+    none given)."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
@@ -421,7 +421,7 @@ def check_sample_weight(sample_weight: Any, n: int) -> NDArray[np.float64] | Non
         raise ValueError("sample_weight must be non-negative")
     if not w.any():
         raise ValueError("Sample weights must contain at least one non-zero number.")
-    return None if (w == 1.0).all() else w
+    return w
 
 
 # ---------------------------------------------------------------------------- results

@@ -320,6 +320,8 @@ class _BaseMLP:
         if weights is not None and not weights.all():  # a zero weight removes its row exactly
             keep = np.flatnonzero(weights)
             X_host, raw, weights = X_host[keep], raw[keep], weights[keep]
+        if weights is not None and (weights == 1.0).all():
+            weights = None  # unit weights change nothing: the unweighted loss, exactly
         targets, strata = self._encode(raw, info, mode=mode, classes=classes)
         if fresh:
             _validation.check_feature_names(self, X, reset=True)
