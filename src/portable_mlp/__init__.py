@@ -5,7 +5,7 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import checkpoints, datasets, functional, init, losses, models, optim, training
+from . import checkpoints, datasets, distributed, functional, init, losses, models, optim, training
 from ._backend import (
     BACKENDS,
     Array,
@@ -71,6 +71,7 @@ __all__ = [
     "checkpoints",
     "clip_grad_norm",
     "datasets",
+    "distributed",
     "from_config",
     "functional",
     "gradcheck",
