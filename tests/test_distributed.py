@@ -219,6 +219,14 @@ def test_distributed_optimizer_reads_and_writes_through() -> None:
     schedule.step()
     assert optimizer.lr == wrapped.lr == 0.05
     assert wrapped.model is model and wrapped.placement is optimizer.placement
+    X, y = worker.data()
+    pm.train_step(model, pm.CrossEntropyLoss(), wrapped, X, y)
+    assert wrapped.steps == optimizer.steps == 1
+    assert wrapped.state is optimizer.state and "0.weight" in wrapped.state  # momentum buffers
+    snapshot = wrapped.state_dict()
+    wrapped.steps = 5
+    wrapped.load_state_dict(snapshot)
+    assert optimizer.steps == 1
     with pytest.raises(TypeError, match="already wrapped"):
         dist.DistributedOptimizer(wrapped)  # type: ignore[arg-type]
 

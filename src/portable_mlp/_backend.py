@@ -918,13 +918,16 @@ def asarray(data: Any, *, like: Any, dtype: Any = None) -> Any:
     ``dtype`` says otherwise; integer and boolean data (labels) keep an integer or boolean dtype.
     An explicit, visible move: it is never done behind a user's back.
     """
+    return placement_like(like).asarray(data, dtype=dtype)
+
+
+def placement_like(like: Any) -> Placement:
+    """The placement of a model, layer, placement or array."""
     if isinstance(like, Placement):
-        where = like
-    elif hasattr(like, "placement"):
-        where = like.placement
-    else:
-        where = placement_of(like)
-    return where.asarray(data, dtype=dtype)
+        return like
+    if hasattr(like, "placement"):
+        return like.placement  # type: ignore[no-any-return]
+    return placement_of(like)
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:

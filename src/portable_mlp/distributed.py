@@ -41,8 +41,8 @@ One process (``WORLD_SIZE`` unset) needs no change: :func:`init` does nothing, t
 the world size 1, and the optimizer and the reductions pass values through.
 
 **JAX** uses its own collectives: build the model on a device mesh
-(``pm.MLP(..., backend="jax", device=jax.make_mesh((8,), ("batch",)))``, or
-``device="mesh(batch=8)"``), so its parameters are replicated on every device, and split each
+(``pm.MLP(..., backend='jax', device=jax.make_mesh((8,), ('batch',)))``, or
+``device='mesh(batch=8)'``), so its parameters are replicated on every device, and split each
 batch over the mesh with :func:`shard_batch`; XLA inserts the all-reduces and the layer code runs
 unchanged. Across hosts, call ``jax.distributed.initialize()`` first. JAX arrays never go
 through ``torch.distributed``: DLPack would share their buffers and the in-place all-reduce would
@@ -59,7 +59,7 @@ from typing import Any, overload
 import numpy as np
 
 from . import _collectives
-from ._backend import Array, Placement, placement_of
+from ._backend import Array, Placement, placement_like
 from .layers import Module
 from .optim import Optimizer
 
@@ -337,6 +337,19 @@ class DistributedSampler:
             yield rows
 
 
+class _Through:
+    """An attribute of a :class:`DistributedOptimizer` that is its wrapped optimizer's."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, wrapper: Any, owner: Any = None) -> Any:
+        return self if wrapper is None else getattr(wrapper.optimizer, self.name)
+
+    def __set__(self, wrapper: Any, value: Any) -> None:
+        setattr(wrapper.optimizer, self.name, value)
+
+
 class DistributedOptimizer(Optimizer):
     """Wraps one of this package's optimizers (SGD, Adam, AdamW, ...) so that ``step()`` first
     averages the gradients over all ranks, then updates as the wrapped optimizer does.
@@ -373,46 +386,13 @@ class DistributedOptimizer(Optimizer):
     def __repr__(self) -> str:
         return f"DistributedOptimizer({self.optimizer!r})"
 
-    # The wrapped optimizer's hyperparameters and state, read and written through.
-    @property
-    def lr(self) -> float:
-        return self.optimizer.lr
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self.optimizer.lr = value
-
-    @property
-    def steps(self) -> int:
-        return self.optimizer.steps
-
-    @steps.setter
-    def steps(self, value: int) -> None:
-        self.optimizer.steps = value
-
-    @property
-    def state(self) -> dict[str, dict[str, Array]]:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: dict[str, dict[str, Array]]) -> None:
-        self.optimizer.state = value
-
-    @property
-    def weight_decay(self) -> float:
-        return self.optimizer.weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value: float) -> None:
-        self.optimizer.weight_decay = value
-
-    @property
-    def max_grad_norm(self) -> float | None:
-        return self.optimizer.max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value: float | None) -> None:
-        self.optimizer.max_grad_norm = value
+    # The wrapped optimizer's hyperparameters and state, read and written through (schedules
+    # set lr; checkpoints and non-finite recovery read and restore the state).
+    lr = _Through()
+    steps = _Through()
+    state = _Through()
+    weight_decay = _Through()
+    max_grad_norm = _Through()
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -466,11 +446,5 @@ def shard_batch(x: Array, *, like: Any) -> Array:
     rows the device count does not divide stays whole on every device (the same result, without
     the split). For any other placement ``x`` comes back unchanged, so a loop can call it always.
     """
-    where: Placement
-    if isinstance(like, Placement):
-        where = like
-    elif hasattr(like, "placement"):
-        where = like.placement
-    else:
-        where = placement_of(like)
+    where = placement_like(like)
     return where.backend.shard_batch(x, where.device)
