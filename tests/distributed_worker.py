@@ -4,7 +4,8 @@
 with RANK and WORLD_SIZE in the environment; without it, torchrun's environment), trains the
 scenarios of :data:`SCENARIOS` (those named in ``$SCENARIOS``, comma-separated, if set)
 data-parallel and writes what the test compares to ``OUT/rank<r>.npz``. The single-process
-reference is computed by the test itself, from the same functions.
+reference is computed by the test itself, from the same functions. ``$TORCH_DEVICE`` puts the
+torch models on another device (``cuda``), ``$DIST_BACKEND`` picks torch.distributed's backend.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     return rng.normal(size=(N, FEATURES)), rng.integers(0, CLASSES, N)
 
 
-def make(backend: str, optimizer: str, seed: int) -> tuple[pm.Module, pm.optim.Optimizer]:
-    model = pm.MLP([FEATURES, 16, CLASSES], rng=seed, backend=backend, dtype="float64")
+def make(
+    backend: str, optimizer: str, seed: int, device: str | None = None
+) -> tuple[pm.Module, pm.optim.Optimizer]:
+    model = pm.MLP(
+        [FEATURES, 16, CLASSES], rng=seed, backend=backend, device=device, dtype="float64"
+    )
     if optimizer == "sgd":
         return model, pm.SGD(model, lr=0.1, momentum=0.9, nesterov=True)
     return model, pm.Adam(model, lr=0.01)
@@ -80,7 +85,10 @@ def main(out: Path, rendezvous: str | None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    joined = dist.init(init_method=None if rendezvous is None else f"file://{rendezvous}")
+    joined = dist.init(
+        os.environ.get("DIST_BACKEND"),  # gloo or nccl; default: gloo, and NCCL for CUDA
+        init_method=None if rendezvous is None else f"file://{rendezvous}",
+    )
     assert joined and dist.is_initialized()
     r, world = dist.rank(), dist.world_size()
     result: dict[str, Any] = {"world": world}
@@ -89,7 +97,8 @@ def main(out: Path, rendezvous: str | None) -> None:
         if chosen and name not in chosen.split(","):
             continue
         # A different seed on every rank: broadcast_parameters must make them rank 0's.
-        model, optimizer = make(backend, opt_name, seed=100 + r)
+        device = os.environ.get("TORCH_DEVICE") if backend == "torch" else None
+        model, optimizer = make(backend, opt_name, seed=100 + r, device=device)
         dist.broadcast_parameters(model)
         for key, value in params(model).items():
             result[f"{name}/start/{key}"] = value
@@ -101,6 +110,7 @@ def main(out: Path, rendezvous: str | None) -> None:
         result[f"{name}/curve"] = np.asarray(curve)
         for key, value in params(model).items():
             result[f"{name}/end/{key}"] = value
+    result["seed"] = np.asarray(dist.shared_seed())  # drawn on rank 0, equal on every rank
     result["mean"] = np.asarray(dist.all_reduce_mean(float(r + 1), weight=r + 1))
     result["means"] = np.asarray(dist.all_reduce_mean([r, 10.0 * r]))
     np.savez(out / f"rank{r}.npz", **result)

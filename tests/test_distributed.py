@@ -171,6 +171,36 @@ def test_torchrun_launch(tmp_path: Path) -> None:
     _assert_matches_reference(first, "numpy-adam")
 
 
+@pytest.mark.parametrize(("backend", "world"), [("gloo", 2), ("nccl", 1)])
+def test_cuda_tensors(tmp_path: Path, backend: str, world: int) -> None:
+    """On a GPU: gloo carries CUDA tensors between 2 ranks; NCCL runs with world size 1."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or "torch" not in SELECTED:
+        pytest.skip("needs the torch backend and a CUDA device")
+    env = {"TORCH_DEVICE": "cuda", "DIST_BACKEND": backend, "SCENARIOS": "torch-sgd,torch-adam"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "distributed_worker.py"),
+                str(tmp_path),
+                str(tmp_path / "r"),
+            ],
+            env=_env(RANK=str(r), LOCAL_RANK="0", WORLD_SIZE=str(world), **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    _wait(procs, f"the {world}-rank {backend} run over CUDA tensors")
+    results = _load(tmp_path, world)
+    for key in results[0]:
+        assert all(np.array_equal(results[0][key], r[key]) for r in results), key
+    for name in ("torch-sgd", "torch-adam"):  # against one process on the CPU
+        _assert_matches_reference(results[0], name)
+
+
 # --------------------------------------------------------------------------------------------
 # One process: everything passes through
 # --------------------------------------------------------------------------------------------
@@ -181,6 +211,8 @@ def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (dist.rank(), dist.world_size()) == (0, 1)
     assert dist.all_reduce_mean(2.5, weight=3) == 2.5
     assert dist.all_reduce_mean([1.0, 2.0]) == [1.0, 2.0]
+    assert dist.shared_seed(7) == 7
+    assert dist.shared_seed() != dist.shared_seed()  # fresh draws
     dist.barrier()
     dist.shutdown()
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
@@ -74,6 +75,7 @@ __all__ = [
     "local_rank",
     "rank",
     "shard_batch",
+    "shared_seed",
     "shutdown",
     "world_size",
 ]
@@ -224,6 +226,20 @@ def all_reduce_mean(value: float | Sequence[float], *, weight: float = 1.0) -> f
             raise ValueError("all_reduce_mean(): the weights of all ranks sum to 0")
         values = [s / sums[-1] for s in sums[:-1]]
     return values if isinstance(value, Sequence) else values[0]
+
+
+def shared_seed(seed: int | None = None) -> int:
+    """``seed`` if given, else one fresh random seed, the same on every rank (rank 0's).
+
+    Shuffles, splits and initial weights must agree across ranks; a loop that takes
+    ``random_state=None`` draws its seed here.
+    """
+    if seed is not None:
+        return int(seed)
+    drawn = float(secrets.randbits(52)) if rank() == 0 else 0.0  # exact in float64
+    if is_initialized():
+        drawn = _collectives.all_reduce_host([drawn])[0]  # only rank 0's is not 0
+    return int(drawn)
 
 
 def _split(flat: Array, like: Mapping[str, Array], *, xp: Any) -> dict[str, Array]:
