@@ -110,6 +110,11 @@ def main(out: Path, rendezvous: str | None) -> None:
         result[f"{name}/curve"] = np.asarray(curve)
         for key, value in params(model).items():
             result[f"{name}/end/{key}"] = value
+    try:  # models that differ between ranks: refused on every rank, not a hang
+        dist.broadcast_parameters(pm.MLP([FEATURES, 8 + r, CLASSES], rng=0))
+        result["mismatch"] = np.asarray("broadcast")
+    except ValueError as exc:
+        result["mismatch"] = np.asarray(str(exc).partition(" (rank")[0])
     result["seed"] = np.asarray(dist.shared_seed())  # drawn on rank 0, equal on every rank
     result["mean"] = np.asarray(dist.all_reduce_mean(float(r + 1), weight=r + 1))
     result["means"] = np.asarray(dist.all_reduce_mean([r, 10.0 * r]))

@@ -142,6 +142,11 @@ def test_broadcast_parameters_gives_rank_0s_weights(gloo_run: list[dict[str, Any
             assert np.array_equal(result[f"{name}/start/{key}"], expected), f"rank {r} {key}"
 
 
+def test_broadcast_parameters_refuses_models_that_differ(gloo_run: list[dict[str, Any]]) -> None:
+    for result in gloo_run:
+        assert str(result["mismatch"]) == "broadcast_parameters(): the ranks' models differ"
+
+
 def test_all_reduce_mean_weights_each_rank(gloo_run: list[dict[str, Any]]) -> None:
     for result in gloo_run:
         assert result["mean"] == pytest.approx(

@@ -177,9 +177,9 @@ def shutdown() -> None:
 def broadcast_parameters(model: Module, src: int = 0) -> None:
     """Give every rank rank ``src``'s parameters (one broadcast of one flat buffer).
 
-    Call it once after building the model and before making its optimizer. Mutable arrays are
-    overwritten in place (arrays a caller holds see the new values); others are replaced with
-    ``model.set_parameters``. Refuses models whose parameter shapes differ between ranks.
+    Call it once after building the model and before making its optimizer. The parameters are
+    overwritten in place (arrays a caller holds see the new values). Refuses models whose
+    parameter shapes differ between ranks.
     """
     where: Placement = model.placement  # type: ignore[attr-defined]
     _collectives.check_supported(where)
@@ -199,12 +199,8 @@ def broadcast_parameters(model: Module, src: int = 0) -> None:
     xp = where.xp
     flat = xp.concat([xp.reshape(p, (-1,)) for p in params.values()])
     _collectives.broadcast_(flat, where, src)
-    new = _split(flat, params, xp=xp)
-    if where.mutable:
-        for key, p in params.items():
-            p[...] = new[key]
-    else:
-        model.set_parameters(new)
+    for key, value in _split(flat, params, xp=xp).items():
+        params[key][...] = value  # every backend torch.distributed takes is mutable
 
 
 @overload
