@@ -5,7 +5,18 @@ Python array API, that trains on NumPy, CuPy, PyTorch, JAX and array-api-strict 
 >>> model = pm.MLP([30, 16, 8, 1], activation="relu", rng=0, backend="numpy")
 """
 
-from . import checkpoints, datasets, functional, init, losses, metrics, models, optim, training
+from . import (
+    checkpoints,
+    datasets,
+    distributed,
+    functional,
+    init,
+    losses,
+    metrics,
+    models,
+    optim,
+    training,
+)
 from ._backend import (
     BACKENDS,
     Array,
@@ -68,6 +79,7 @@ __all__ = [
     "checkpoints",
     "clip_grad_norm",
     "datasets",
+    "distributed",
     "export_onnx",
     "fit",
     "from_config",
