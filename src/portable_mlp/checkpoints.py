@@ -213,6 +213,7 @@ class _Contents:
     dtype: str
     kind: str
     config: dict[str, Any]
+    user: dict[str, Any]
     tensors: dict[str, _Tensor]
     data: bytes
 
@@ -262,10 +263,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The caller's metadata saved with the checkpoint at ``path`` (``{}`` if none), once the
     whole file is verified as :func:`load` would."""
     path = os.fspath(path)
-    meta = _guarded(path, lambda: _read(path)).meta
-    if "user" not in meta:
-        return {}
-    user: dict[str, Any] = _guarded(path, lambda: _json_object(meta, "user"))
+    user: dict[str, Any] = _guarded(path, lambda: _read(path)).user
     return user
 
 
@@ -328,9 +326,9 @@ def _read(path: str) -> _Contents:
             "corrupted: the SHA-256 digest of its contents does not match the one stored in it"
         )
     config = _json_object(meta, "config")
-    expected_shapes = _config_shapes(config)
-    _match_tensors(tensors, expected_shapes)
-    return _Contents(meta, stored_dtype, kind, config, tensors, data)
+    _match_tensors(tensors, _config_shapes(config))
+    user = _json_object(meta, "user") if "user" in meta else {}
+    return _Contents(meta, stored_dtype, kind, config, user, tensors, data)
 
 
 def _open_regular(path: str) -> BinaryIO:

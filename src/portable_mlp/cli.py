@@ -180,10 +180,9 @@ def _number(kind: type, bound: float | None = None, inclusive: bool = True) -> A
     """An argparse type: a finite ``kind`` (int or float), above ``bound`` where one is given
     (or equal to it, if ``inclusive``). ``nan`` and ``inf`` never pass: as a learning rate or a
     penalty they would only surface, later, as a diverged run."""
-    if bound is None:
-        wanted = f"a finite {kind.__name__}"
-    else:
-        wanted = f"a finite {kind.__name__} {'>=' if inclusive else '>'} {bound}"
+    wanted = "a finite float" if kind is float else f"an {kind.__name__}"
+    if bound is not None:
+        wanted += f" {'>=' if inclusive else '>'} {bound}"
 
     def parse(text: str) -> Any:
         try:
