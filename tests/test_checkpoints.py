@@ -252,6 +252,14 @@ def test_save_refuses_what_is_not_a_model(tmp_path: Path, monkeypatch: pytest.Mo
     assert not path.exists()
 
 
+def test_save_refuses_a_header_that_load_would_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    notes = "x" * checkpoints.MAX_HEADER_BYTES
+    with pytest.raises(ValueError, match=r"header would take \d+ bytes, over the 16777216"):
+        checkpoints.save(pm.MLP([2, 2], rng=0), path, metadata={"notes": notes})
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------- estimators
 def _fake_estimator_module() -> types.ModuleType:
     module = types.ModuleType("portable_mlp.estimator")

@@ -285,7 +285,7 @@ def _guarded(path: str, step: Any) -> Any:
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {message})") from exc
 
 
-class _Refused(Exception):
+class _Refused(CheckpointError):
     """A check failed; :func:`_guarded` prefixes the file's name."""
 
 
@@ -713,8 +713,8 @@ def estimator_state(kind: str, state: Any, config: Mapping[str, Any]) -> dict[st
     Known keys only, each of its type; the constructor parameters pass the estimator's own
     checks; the state agrees with the model's ``config`` (already checked against the tensors:
     its sizes, activation and output width) and with its class (a classifier's classes, sorted
-    and unique; a regressor's output shape). Raises :class:`CheckpointError`'s private cause,
-    which :func:`load` turns into one naming the file.
+    and unique; a regressor's output shape). Raises :class:`CheckpointError` naming the first
+    problem (:func:`load` adds the file's name).
     """
     if not isinstance(state, dict):
         raise _Refused(f"estimator state: expected a JSON object, got {_json_type(state)}")
