@@ -42,10 +42,10 @@ import json
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -75,6 +75,7 @@ MAX_HEADER_BYTES = 16 * 2**20
 # Nesting of any JSON entry: a config nests two levels per Sequential, the rest one or two.
 MAX_JSON_DEPTH = 32
 _MAX_RANK = 8
+_T = TypeVar("_T")
 
 
 class CheckpointError(ValueError):
@@ -263,11 +264,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The caller's metadata saved with the checkpoint at ``path`` (``{}`` if none), once the
     whole file is verified as :func:`load` would."""
     path = os.fspath(path)
-    user: dict[str, Any] = _guarded(path, lambda: _read(path)).user
-    return user
+    return _guarded(path, lambda: _read(path)).user
 
 
-def _guarded(path: str, step: Any) -> Any:
+def _guarded(path: str, step: Callable[[], _T]) -> _T:
     """``step()``, with every error but the filesystem's turned into a one-line
     :class:`CheckpointError` naming ``path``.
 
@@ -785,24 +785,9 @@ def _classes(values: list[Any], dtype_str: str) -> np.ndarray:
         raise _Refused(f"classes_dtype {_short(dtype_str)} is not a NumPy dtype") from None
     if len(values) < 2:
         raise _Refused(f"a classifier needs at least 2 classes, the state has {len(values)}")
-    kinds = {
-        "str"
-        if isinstance(v, str)
-        else "bool"
-        if isinstance(v, bool)
-        else "number"
-        if _is_finite(v)
-        else "other"
-        for v in values
-    }
-    allowed = {
-        "U": {"str"},
-        "O": {"str", "number"},
-        "b": {"bool"},
-        "i": {"number"},
-        "u": {"number"},
-        "f": {"number"},
-    }
+    kinds = {_label_kind(v) for v in values}
+    allowed = {"U": {"str"}, "O": {"str", "number"}, "b": {"bool"}}
+    allowed.update({kind: {"number"} for kind in "iuf"})
     if dt.kind not in allowed or len(kinds) != 1 or not kinds <= allowed[dt.kind]:
         raise _Refused(f"classes_ of kinds {sorted(kinds)} cannot be stored as {_short(dtype_str)}")
     if dt.kind == "U":
@@ -822,6 +807,12 @@ def _classes(values: list[Any], dtype_str: str) -> np.ndarray:
     if any(not a < b for a, b in itertools.pairwise(values)):
         raise _Refused(f"classes_ {_short(values)} are not sorted and unique")
     return classes
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, (str, bool)):
+        return type(value).__name__
+    return "number" if _is_finite(value) else "other"
 
 
 def _json_type(value: Any) -> str:

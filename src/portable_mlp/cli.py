@@ -1,8 +1,10 @@
 """The ``portable-mlp`` command line: ``train``, ``predict``, ``check`` and ``info``.
 
-Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind)
-is a one-line error on stderr and exit status 2, without a traceback; set
-``PORTABLE_MLP_TRACEBACK=1`` to see one. A diverging run exits with status 1.
+Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind,
+a non-finite hyperparameter, an output folder that does not exist) is a one-line error on stderr
+and exit status 2, without a traceback; set ``PORTABLE_MLP_TRACEBACK=1`` to see one. A diverging
+run exits with status 1, and so does any error nothing checked for (still one line, naming its
+type).
 """
 
 from __future__ import annotations
