@@ -648,10 +648,13 @@ def test_cli_misuse_is_one_line_and_status_2(
     assert not (tmp_path / "missing").exists()
 
 
-def _limit_memory() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+# The command line with 1 GiB of address space: reading /dev/zero must not get that far.
+_CLI_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+from portable_mlp.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @linux_only
@@ -665,12 +668,11 @@ def test_cli_refuses_what_is_not_a_file_at_once(
         path = str(tmp_path / "model.safetensors")
         os.mkfifo(path)
     done = subprocess.run(
-        [sys.executable, "-m", "portable_mlp", "predict", path, str(predict_files["data"])],
+        [sys.executable, "-c", _CLI_LIMITED, "predict", path, str(predict_files["data"])],
         env=_child_env(),
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=_limit_memory,
     )
     kind = "a character device" if special == "/dev/zero" else "a FIFO"
     assert done.returncode == 2, done.stderr[-2000:]
