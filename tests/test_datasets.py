@@ -82,11 +82,11 @@ def test_csv_numeric_labels(tmp_path: Path) -> None:
 
 
 def test_csv_string_labels(tmp_path: Path) -> None:
-    path = _write(tmp_path, "d.csv", "x,y,answer\n1,2,yes\n3,4,no\n5,6,1\n")
+    path = _write(tmp_path, "d.csv", "x,y,answer\n1,2,yes\n3,4,no\n5,6,1st\n")
     X, y, names = load_file(str(path), target="answer")
     assert names == ["x", "y"] and X.shape == (3, 2)
     assert y is not None and y.dtype == object
-    assert y.tolist() == ["yes", "no", "1"]
+    assert y.tolist() == ["yes", "no", "1st"]
 
 
 def test_csv_without_target_is_all_features(tmp_path: Path) -> None:

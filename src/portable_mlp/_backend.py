@@ -180,6 +180,11 @@ class Backend:
         ``device`` is one device."""
         return x
 
+    def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
+        """A block where an underflow to a subnormal or zero is the right answer, not an error
+        (the stable sigmoid, BCE and softmax forms), whatever the library's error state."""
+        return contextlib.nullcontext()
+
 
 def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     if dev not in list(devices):
@@ -210,6 +215,13 @@ class _NumPy(Backend):
         # NumPy warns on every overflow of a diverging run; the trainer detects non-finite values
         # itself and raises one clear error instead.
         return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+    def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
+        # NumPy (and array-api-strict, which computes with it) obeys np.seterr: under
+        # np.seterr(all="raise"), exp(-100) in float32 raises FloatingPointError("underflow"),
+        # and so does scaling a gradient that small by 1/n, though both results are right.
+        # Overflow, division by zero and invalid operations still raise as the caller set.
+        return np.errstate(under="ignore")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from . import _backend, _validation, datasets, metrics, optim
+from . import _backend, _validation, checkpoints, datasets, metrics, optim
 from . import functional as F
 from ._backend import Array
 from .layers import Module
@@ -347,8 +347,9 @@ class _BaseMLP:
         est.model_ = model  # type: ignore[assignment]
         fitted = dict(state["fitted"])
         est._load_extra_state(fitted)
-        for key, value in fitted.items():
-            setattr(est, key, value)
+        # Only the attributes a fitted estimator has: a stored key never replaces a method.
+        for key in checkpoints.FITTED_ATTRIBUTES[cls.__name__] & fitted.keys():
+            setattr(est, key, fitted[key])
         est._no_improvement = 0
         est._generator = _backend.host_rng(est.random_state)
         est._optimizer = est._make_optimizer()
