@@ -19,6 +19,7 @@ from ._backend import (
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
+from .compiled import compile_step
 from .estimator import (
     ConvergenceWarning,
     MLPClassifier,
@@ -70,6 +71,7 @@ __all__ = [
     "asarray",
     "checkpoints",
     "clip_grad_norm",
+    "compile_step",
     "datasets",
     "from_config",
     "functional",
