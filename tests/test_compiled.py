@@ -148,22 +148,24 @@ def test_captured_step_equals_eager_step(case: Case, dtype: str, name: str) -> N
     _assert_same_state(eager, captured, case, dtype, name)
 
 
-def test_step_and_train_step_can_alternate(case: Case, dtype: str) -> None:
-    """Mixing the two, a schedule, a rebound parameter and a restored optimizer snapshot."""
+def _alternate(case: Case, dtype: str, compile_step: Callable[..., Any]) -> None:
+    """Mixing the captured and the eager step, two batch shapes, a new learning rate, rebound
+    parameters and a restored optimizer snapshot: always what the eager step alone leaves."""
     config = Config(lambda m: pm.Adam(m, lr=0.02, max_grad_norm=1.0), pm.CrossEntropyLoss, "labels")
     eager, captured = _pair(case, dtype, config)
     m1, l1, o1, _ = eager
     m2, l2, o2, _ = captured
-    step = pm.compile_step(m2, l2, o2, alpha=0.01)
-    batches = [_batch(case, dtype, "labels", seed=s) for s in range(3)]
+    step = compile_step(m2, l2, o2, alpha=0.01)
+    batches = [_batch(case, dtype, "labels", seed=s, n=N - s % 2) for s in range(3)]
     snapshots = []
     for i in range(12):
         x, y = batches[i % 3]
-        pm.train_step(m1, l1, o1, x, y, alpha=0.01)
+        v1 = pm.train_step(m1, l1, o1, x, y, alpha=0.01)
         if i % 3 == 2:
             pm.train_step(m2, l2, o2, x, y, alpha=0.01)
         else:
-            step(x, y)
+            v2 = step(x, y)
+            assert_close(v2, pm.to_numpy(v1), case=case, dtype=dtype, tol=CAPTURED_TOL[dtype])
         _assert_same_state(eager, captured, case, dtype, f"step {i}")
         if i == 4:  # a schedule's new rate, and parameters rebound to equal copies
             o1.lr = o2.lr = 0.005
@@ -175,6 +177,49 @@ def test_step_and_train_step_can_alternate(case: Case, dtype: str) -> None:
         if i == 9:  # both back to step 7's optimizer state (rebinding every state array)
             o1.load_state_dict(snapshots[0])
             o2.load_state_dict(snapshots[1])
+
+
+def test_step_and_train_step_can_alternate(case: Case, dtype: str) -> None:
+    _alternate(case, dtype, pm.compile_step)
+
+
+def _emulated_capture(plan: StepPlan) -> Any:
+    """A stand-in for a CUDA-graph capture on the CPU: recording runs nothing (its effects are
+    undone), and a replay writes the step's outputs into the recorded ones."""
+
+    def capture(body: Callable[[], Any], warmup: Callable[[], None]) -> Any:
+        warmup()
+        mutated = plan.params() + [a for s in plan.optimizer.state.values() for a in s.values()]
+        saved = [plan.xp.asarray(a, copy=True) for a in mutated]
+        value, grads = body()
+        for a, b in zip(mutated, saved, strict=True):
+            a[...] = b
+
+        def replay() -> None:
+            new_value, new_grads = body()
+            value[...] = new_value
+            for a, b in zip(grads, new_grads, strict=True):
+                a[...] = b
+
+        return replay, (value, grads)
+
+    return capture
+
+
+def test_graph_bookkeeping_with_an_emulated_capture(dtype: str) -> None:
+    """The CUDA-graph step's static buffers, device scalars and rebinding, on torch's CPU."""
+    if "torch" not in SELECTED:
+        pytest.skip("torch is not among this run's backends")
+
+    def graphed(model: Any, loss: Any, opt: Any, *, alpha: float) -> Any:
+        plan = StepPlan(model, loss, opt, alpha)
+        step = plan.graphed(_emulated_capture(plan))
+        steps.append(step)
+        return step
+
+    steps: list[Any] = []
+    _alternate(Case("torch", "cpu", "torch-cpu"), dtype, graphed)
+    assert len(steps[0].graphs) == 2  # one per batch shape
 
 
 def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -297,10 +297,12 @@ class _Graphed:
             saved = [xp.asarray(a, copy=True) for a in mutated]
             self.lr[...] = opt.lr
             self.steps[...] = opt.steps
-            body()
-            for a, s in zip(mutated, saved, strict=True):
-                a[...] = s
+            try:
+                body()
+            finally:
+                for a, s in zip(mutated, saved, strict=True):
+                    a[...] = s
 
+        self.on_device = (None, None)  # the warm-up moves the count on the device
         replay, (value, grads) = self.capture(body, warmup)
-        self.on_device = (None, None)  # the warm-up moved the count
         return _Graph(static_x, static_y, replay, value, grads)
