@@ -6,8 +6,10 @@
 The sizes, models (float32, plain SGD), yardsticks and the round-robin timing are bench.py's:
 the hand-written NumPy loop of the same math for NumPy and array-api-strict, PyTorch eager
 (nn.Linear, autograd, torch.optim.SGD) for torch and CuPy, ``jax.jit`` of a value-and-grad step
-for JAX. Each method's time is the median over rounds of its mean step time in a block (and the
-10th percentile, steadier on a shared machine); ratios are to the yardstick in the same run.
+for JAX. Each method's time is the median over rounds of its mean step time in a block, as wall
+time and as the process's CPU time (all its threads; steadier where other processes share the
+cores, and meaningful with one thread per library: OMP_NUM_THREADS=1 and so on); ratios are to
+the yardstick in the same run.
 Prints a Markdown table; nothing here is a test.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 from typing import Any
 
 import bench
@@ -65,8 +68,12 @@ def methods(size: bench.Size, backends: list[str], device: str) -> list[bench.Me
     return [make() for make in factories.values()]
 
 
-def percentile10(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10)[0] if len(values) > 1 else values[0]
+def time_block(m: bench.Method, cpu: dict[str, list[float]]) -> None:
+    """bench.time_block, also recording the block's process CPU time per step in ``cpu``."""
+    c0 = time.process_time()
+    bench.time_block(m)
+    steps = m.block + 1  # time_block runs one untimed step first
+    cpu.setdefault(f"{m.backend} {m.method}", []).append((time.process_time() - c0) / steps)
 
 
 def main() -> None:
@@ -80,27 +87,29 @@ def main() -> None:
     backends = args.backends or bench.default_backends(args.device)
     threads = {k: os.environ.get(k, "-") for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE")}
     print(f"float32 on {args.device}, {args.rounds} rounds, {os.cpu_count()} cores; {threads}\n")
-    print("| size | backend | method | ms/step (median) | ratio | ms/step (p10) | ratio |")
+    print("| size | backend | method | wall ms/step | ratio | CPU ms/step | ratio |")
     print("|---|---|---|---:|---:|---:|---:|")
     for name in args.sizes:
         size = bench.SIZES[name]
         timed = methods(size, backends, args.device)
         for m in timed:
             bench.prepare(m, warmup=3, block_s=args.block)
+        cpu: dict[str, list[float]] = {}
         for r in range(args.rounds):
             k = r % len(timed)
             for m in timed[k:] + timed[:k]:
-                bench.time_block(m)
+                time_block(m, cpu)
         refs = {m.method: m for m in timed if m.method in YARDSTICK.values()}
         for m in timed:
             yardstick = m.method in refs
-            label = m.method if yardstick else f"{m.backend} {m.method}"
             ref = m if yardstick else refs[YARDSTICK[m.backend]]
-            a, b = statistics.median(m.times), percentile10(m.times)
-            ra, rb = a / statistics.median(ref.times), b / percentile10(ref.times)
+            wall, ref_wall = statistics.median(m.times), statistics.median(ref.times)
+            own = statistics.median(cpu[f"{m.backend} {m.method}"])
+            ref_cpu = statistics.median(cpu[f"{ref.backend} {ref.method}"])
+            label = m.method if yardstick else f"{m.backend} {m.method}"
             print(
-                f"| {name} | {m.backend} | {label} | {a * 1e3:.4f} | {ra:.2f}x "
-                f"| {b * 1e3:.4f} | {rb:.2f}x |"
+                f"| {name} | {m.backend} | {label} | {wall * 1e3:.4f} | {wall / ref_wall:.2f}x "
+                f"| {own * 1e3:.4f} | {own / ref_cpu:.2f}x |"
             )
 
 

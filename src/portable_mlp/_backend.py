@@ -403,10 +403,9 @@ class _Jax(Backend):
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
         import jax
 
-        # Donated parameters and state let XLA update them in place. The learning rate and step
-        # count go in as Python numbers, which jit passes as (weakly typed) arrays: new values
-        # never retrace.
-        return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1)))
+        # Donated parameters, state and step count let XLA update them in place; the learning
+        # rate and count are arrays, so new values never retrace.
+        return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1, 3)))
 
 
 @dataclass(frozen=True)

@@ -170,10 +170,10 @@ class StepPlan:
 
     # ---- JAX: the step as a pure function
     def captured_step(
-        self, params: list[Array], state: Any, lr: Any, steps: Any, x: Array, y: Array
-    ) -> tuple[list[Array], Any, list[Array], Array]:
+        self, params: list[Array], state: Any, lr: Array, steps: Array, x: Array, y: Array
+    ) -> tuple[list[Array], Any, Array, list[Array], Array]:
         """The step as a pure function, for a tracing compiler: (params, optimizer state,
-        learning rate, step count, x, y) -> (new params, new state, gradients, loss).
+        learning rate, step count, x, y) -> (new params, new state, new count, gradients, loss).
 
         The values are swapped into the model and optimizer for the eager code to run on, and
         the concrete arrays are put back afterwards, whatever happens.
@@ -185,24 +185,26 @@ class StepPlan:
         try:
             with self.swapped(lr, steps):
                 value = self.run(x, y)
-            return self.params(), opt.state, self.grads(), value
+                count = opt.steps
+            return self.params(), opt.state, count, self.grads(), value
         finally:
             self.set_params(saved[0])
             opt.state = saved[1]
 
     def functional(self, compiled: Callable[..., Any]) -> Step:
-        """The step calling ``compiled``, a compiled :meth:`captured_step`; its outputs become
-        the model's parameters and gradients and the optimizer's state."""
+        """The step calling ``compiled``, a compiled :meth:`captured_step` that may take its
+        parameters, state and count as donations; its outputs become the model's parameters
+        and gradients and the optimizer's state."""
         check, opt = self.check, self.optimizer
+        scalars = _Scalars(self, in_place=False)
 
         def step(x: Array, y: Array) -> Array:
             check(x, y)
-            params, state, grads, value = compiled(
-                self.params(), opt.state, float(opt.lr), opt.steps, x, y
-            )
+            lr, steps = scalars.current()
+            params, state, count, grads, value = compiled(self.params(), opt.state, lr, steps, x, y)
             self.set_params(params)
             opt.state = state
-            opt.steps += 1
+            scalars.stepped(count)
             self.set_grads(grads)
             return value
 
@@ -212,6 +214,47 @@ class StepPlan:
     def graphed(self, capture: GraphCapture) -> Step:
         """The step as CUDA graphs made by ``capture``, one per batch shape (:class:`_Graphed`)."""
         return _Graphed(self, capture)
+
+
+class _Scalars:
+    """The optimizer's learning rate and step count as device scalars of the parameters' dtype
+    (``b ** t`` then keeps it), for a captured step: a new value is written from the host only
+    when the host's differs from what the device holds (a schedule's new rate, eager steps in
+    between), so a replay or compiled call needs no transfer."""
+
+    def __init__(self, plan: StepPlan, *, in_place: bool) -> None:
+        self.placement, self.optimizer, self.in_place = plan.placement, plan.optimizer, in_place
+        self.lr, self.steps = self.placement.zeros(()), self.placement.zeros(())
+        self.held: tuple[Any, Any] = (None, None)  # the host values the scalars hold
+
+    def current(self) -> tuple[Array, Array]:
+        """The scalars, holding the optimizer's learning rate and step count."""
+        lr, steps = self.optimizer.lr, self.optimizer.steps
+        if lr != self.held[0]:
+            self.lr = self._put(self.lr, lr)
+        if steps != self.held[1]:
+            self.steps = self._put(self.steps, steps)
+        self.held = (lr, steps)
+        return self.lr, self.steps
+
+    def stepped(self, steps: Array | None = None) -> None:
+        """One step was taken: on the device (``steps``: the new count where it is a new
+        array) and now on the host too."""
+        if steps is not None:
+            self.steps = steps
+        self.optimizer.steps += 1
+        self.held = (self.held[0], self.optimizer.steps)
+
+    def forget(self) -> None:
+        """The device values are unknown (a warm-up moved them): write both next time."""
+        self.held = (None, None)
+
+    def _put(self, a: Array, value: float) -> Array:
+        if self.in_place:
+            a[...] = value
+            return a
+        where = self.placement
+        return where.xp.asarray(value, dtype=where.dtype, device=where.device)
 
 
 class _Graph:
@@ -227,9 +270,8 @@ class _Graphed:
     """The step as CUDA graphs: one per batch shape over static x and y buffers, updating the
     parameters and optimizer state in place.
 
-    The learning rate and step count live in device scalars, written only when the host's values
-    differ from what the device holds (a schedule's new rate, eager steps in between). Arrays the
-    user rebinds (``set_parameters``, ``load_state_dict``) are copied into the captured ones
+    The learning rate and step count live in device scalars (:class:`_Scalars`). Arrays the user
+    rebinds (``set_parameters``, ``load_state_dict``) are copied into the captured ones
     before a replay, so the graphs always read and write the arrays they were captured with.
     """
 
@@ -237,14 +279,12 @@ class _Graphed:
         self.plan, self.capture = plan, capture
         opt = plan.optimizer
         self.graphs: dict[tuple[Any, ...], _Graph] = {}
-        self.lr = plan.placement.zeros(())
-        self.steps = plan.placement.zeros(())  # the count in the parameters' dtype: b ** t
-        self.on_device: tuple[Any, Any] = (None, None)  # (lr, steps) the scalars hold
+        self.scalars = _Scalars(plan, in_place=True)
         self.params = plan.params()
         self.state = [(key, name, a) for key, s in opt.state.items() for name, a in s.items()]
 
     def __call__(self, x: Array, y: Array) -> Array:
-        plan, opt = self.plan, self.plan.optimizer
+        plan = self.plan
         plan.check(x, y)
         key = (tuple(x.shape), tuple(y.shape), y.dtype)
         graph = self.graphs.get(key)
@@ -253,14 +293,9 @@ class _Graphed:
         self._adopt()
         graph.x[...] = x
         graph.y[...] = y
-        lr, steps = opt.lr, opt.steps
-        if lr != self.on_device[0]:
-            self.lr[...] = lr
-        if steps != self.on_device[1]:
-            self.steps[...] = steps
+        self.scalars.current()
         graph.replay()
-        opt.steps = steps + 1
-        self.on_device = (lr, steps + 1)  # the graph counts its step on the device too
+        self.scalars.stepped()  # the graph counted its step on the device too
         plan.set_grads(graph.grads)
         return plan.xp.asarray(graph.value, copy=True)  # the next replay overwrites value
 
@@ -281,28 +316,26 @@ class _Graphed:
                 state[name] = a
 
     def _capture(self, x: Array, y: Array) -> _Graph:
-        plan, xp = self.plan, self.plan.xp
-        opt = plan.optimizer
+        plan, xp, scalars = self.plan, self.plan.xp, self.scalars
         self._adopt()
         static_x, static_y = xp.asarray(x, copy=True), xp.asarray(y, copy=True)
         mutated = self.params + [a for _, _, a in self.state]
 
         def body() -> tuple[Array, list[Array]]:
-            with plan.swapped(self.lr, self.steps):
+            with plan.swapped(scalars.lr, scalars.steps):
                 value = plan.run(static_x, static_y)
             return value, plan.grads()
 
         def warmup() -> None:
             # A real step (it loads kernels and libraries before the capture), then undone.
             saved = [xp.asarray(a, copy=True) for a in mutated]
-            self.lr[...] = opt.lr
-            self.steps[...] = opt.steps
+            scalars.current()
             try:
                 body()
             finally:
                 for a, s in zip(mutated, saved, strict=True):
                     a[...] = s
+                scalars.forget()  # the warm-up counted a step on the device
 
-        self.on_device = (None, None)  # the warm-up moves the count on the device
         replay, (value, grads) = self.capture(body, warmup)
         return _Graph(static_x, static_y, replay, value, grads)
