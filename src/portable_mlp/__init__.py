@@ -30,6 +30,7 @@ from ._backend import (
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
+from .compiled import compile_step
 from .estimator import ConvergenceWarning, MLPClassifier, MLPRegressor, NotFittedError
 from .export import export_onnx
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
@@ -78,6 +79,7 @@ __all__ = [
     "asarray",
     "checkpoints",
     "clip_grad_norm",
+    "compile_step",
     "datasets",
     "distributed",
     "export_onnx",

@@ -24,10 +24,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
+
+if TYPE_CHECKING:
+    from .compiled import StepPlan
 
 #: Any backend's array. One alias for the whole package: the array API has no common base class.
 Array = Any
@@ -185,6 +188,12 @@ class Backend:
         (the stable sigmoid, BCE and softmax forms), whatever the library's error state."""
         return contextlib.nullcontext()
 
+    # ---- the captured step (compiled.py)
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        """``step(x, y) -> loss`` for :func:`portable_mlp.compile_step`: by default the eager
+        step with its calls looked up once (no compiler, no graph)."""
+        return plan.eager()
+
 
 def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     if dev not in list(devices):
@@ -333,6 +342,36 @@ class _Torch(Backend):
             linear=linear, relu=torch.relu, relu_backward=relu_backward, add_scaled=add_scaled
         )
 
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import torch
+
+        device = torch.device(plan.placement.device)
+        if device.type != "cuda":
+            return plan.eager()
+
+        # As PyTorch's CUDA-graph recipe: warm up on a side stream, capture on the graph's own
+        # stream into a private memory pool, replay on the current stream of the model's device.
+        def capture(
+            body: Callable[[], Any], warmup: Callable[[], None]
+        ) -> tuple[Callable[[], None], Any]:
+            with torch.cuda.device(device):
+                side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    warmup()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = body()
+
+            def replay() -> None:
+                with torch.cuda.device(device):
+                    graph.replay()
+
+            return replay, out
+
+        return plan.graphed(capture)
+
 
 @dataclass(frozen=True)
 class _Jax(Backend):
@@ -437,6 +476,13 @@ class _Jax(Backend):
         if x is not None:
             x.block_until_ready()
 
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import jax
+
+        # Donated parameters, state and step count let XLA update them in place; the learning
+        # rate and count are arrays, so new values never retrace.
+        return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1, 3)))
+
 
 @functools.cache
 def _replicated(mesh: Any) -> Any:
@@ -497,6 +543,40 @@ class _CuPy(Backend):
 
     def sync(self, x: Array | None, device: Any) -> None:
         device.synchronize()
+
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import cupy
+
+        device = plan.placement.device
+
+        # CuPy's stream capture (cupy.cuda.Stream.begin_capture/end_capture). Its arrays come
+        # from a memory pool of this graph alone: the capture's temporaries, freed when it ends,
+        # must never be handed to other arrays, since every replay writes into them again.
+        def capture(
+            body: Callable[[], Any], warmup: Callable[[], None]
+        ) -> tuple[Callable[[], None], Any]:
+            pool = cupy.cuda.MemoryPool()
+            with device:
+                current = cupy.cuda.get_current_stream()
+                side = cupy.cuda.Stream(non_blocking=True)
+                side.wait_event(current.record())
+                with cupy.cuda.using_allocator(pool.malloc), side:
+                    warmup()
+                    side.begin_capture()
+                    try:
+                        out = body()
+                    finally:
+                        graph = side.end_capture()
+                current.wait_event(side.record())
+
+            def replay() -> None:
+                with device:
+                    graph.launch(cupy.cuda.get_current_stream())
+                _ = pool  # the graph's memory lives as long as the graph
+
+            return replay, out
+
+        return plan.graphed(capture)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from ._backend import Array, backend_of, device, namespace_of
+from ._backend import Array, backend_of, device, kernels_of, namespace_of
 
 Reduction = Literal["mean", "sum"]
 Layout = Literal["rows", "columns"]
@@ -226,7 +226,9 @@ def bce_with_logits(
     """
     xp = _ns(xp, z)
     e = exp_neg_abs(z, xp=xp) if e is None else e
-    per_element = xp.maximum(z, 0.0) - z * y + xp.log1p(e)
+    # max(z, 0) as the backend's ReLU: compat's torch maximum(z, 0.0) copies the 0.0 from the
+    # host on each call, which a CUDA graph cannot capture.
+    per_element = kernels_of(xp).relu(z) - z * y + xp.log1p(e)
     return _reduce(per_element, reduction, xp=xp)
 
 
