@@ -535,5 +535,8 @@ def randomize(
 def away_from_zero(a: Any, margin: float = 0.05) -> np.ndarray[Any, Any]:
     """Host values moved off the kink of ReLU-like functions (``|a| >= margin``), where finite
     differences and one-sided derivatives disagree."""
-    a = np.asarray(a)
-    return np.where(np.abs(a) < margin, np.sign(a + 1e-12) * margin, a)
+    host: np.ndarray[Any, Any] = np.asarray(a)
+    moved: np.ndarray[Any, Any] = np.where(
+        np.abs(host) < margin, np.sign(host + 1e-12) * margin, host
+    )
+    return moved
