@@ -358,8 +358,16 @@ def test_a_device_without_float64() -> None:
 
 
 def test_an_unknown_device(case: Case) -> None:
-    with pytest.raises(pm.BackendError, match="gpu7"):
+    with pytest.raises(pm.BackendError, match=r"'gpu7'.*device|device.*'gpu7'"):
         pm.Linear(2, 2, backend=case.backend, device="gpu7")
+
+
+def test_an_unknown_device_lists_the_devices() -> None:
+    pytest.importorskip("array_api_strict")
+    with pytest.raises(
+        pm.BackendError, match=r"'gpu7' is not a array_api_strict device; expected one of \["
+    ):
+        pm.Linear(2, 2, backend="array_api_strict", device="gpu7")
 
 
 def test_layers_of_one_model_must_agree_in_width(case: Case) -> None:
