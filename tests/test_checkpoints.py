@@ -20,10 +20,9 @@ import safetensors
 import safetensors.numpy
 
 import portable_mlp as pm
-from conftest import TOL, Case, randomize
 from portable_mlp import _backend, checkpoints
 from portable_mlp.checkpoints import CheckpointError
-from portable_mlp.testing import relative_error
+from portable_mlp.testing import TOLERANCE, Case, randomize, relative_error
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "mlp-tanh": lambda kw: pm.MLP([5, 4, 3, 2], activation="tanh", rng=0, **kw),
@@ -133,7 +132,7 @@ def test_round_trip_is_bit_for_bit_on_every_backend(
     on_numpy = checkpoints.load(path)
     x_host = pm.asarray(x, like=on_numpy)
     err = relative_error(pm.to_numpy(on_numpy(x_host)), pm.to_numpy(model(x)))
-    assert err <= TOL[dtype]
+    assert err <= TOLERANCE[dtype]
 
 
 def test_load_casts_to_a_requested_dtype(case: Case, dtype: str, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import Case, assert_close
 from portable_mlp import _backend, datasets
+from portable_mlp.testing import Case, assert_close
 
 
 @pytest.fixture(scope="module")

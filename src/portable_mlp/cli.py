@@ -378,13 +378,10 @@ def _preprocessing(
 
 
 # ---------------------------------------------------------------------------- check
-TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
-
-
 def _check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .testing import parity_report, reference_missing
+    from .testing import TOLERANCE, parity_report, reference_missing
 
     missing = reference_missing()
     if missing:
