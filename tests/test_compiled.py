@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import SELECTED, Case, assert_close
 from portable_mlp.compiled import StepPlan
+from portable_mlp.testing import Case, assert_close, selected_backends
+
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
 # Captured against eager, relative (stated once): the same operations, possibly fused or
 # reordered by a compiler.
@@ -311,7 +313,8 @@ def test_a_single_layer_compiles() -> None:
 
 def test_torch_meta_device_step_reads_nothing_back() -> None:
     """Meta tensors hold no values: any read-back in the step would raise."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     model = pm.MLP(SIZES, rng=0, backend="torch", device="meta", dtype="float32")
     opt = pm.Adam(model, lr=0.01, max_grad_norm=1.0)
     step = pm.compile_step(model, pm.CrossEntropyLoss(), opt, alpha=0.1)
@@ -333,7 +336,8 @@ def _cuda_cases() -> list[Any]:
 
 def _require_cuda(backend: str) -> Case:
     if backend == "torch":
-        torch = pytest.importorskip("torch")
+        import torch
+
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device here: the torch CUDA-graph step is untested on this run")
         return Case("torch", "cuda", "torch-cuda")

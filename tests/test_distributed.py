@@ -22,8 +22,10 @@ import pytest
 
 import distributed_worker as worker
 import portable_mlp as pm
-from conftest import SELECTED
 from portable_mlp import distributed as dist
+from portable_mlp.testing import selected_backends
+
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
 HERE = Path(__file__).resolve().parent
 # Float64 data-parallel training against one process: the sums are only regrouped.
@@ -69,7 +71,8 @@ def _load(out: Path, world: int) -> list[dict[str, np.ndarray[Any, Any]]]:
 @pytest.fixture(scope="module")
 def gloo_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndarray[Any, Any]]]:
     """Two ranks, every selected scenario, joined through a file rendezvous."""
-    pytest.importorskip("torch")  # torch.distributed carries the collectives
+    import torch  # noqa: F401 (the reference; always installed with the tests)
+
     if not SCENARIOS:
         pytest.skip("no backend of the multi-process scenarios is selected")
     tmp = tmp_path_factory.mktemp("gloo")
@@ -157,7 +160,8 @@ def test_all_reduce_mean_weights_each_rank(gloo_run: list[dict[str, Any]]) -> No
 
 def test_torchrun_launch(tmp_path: Path) -> None:
     """The real launcher: init() reads torchrun's environment (env:// rendezvous)."""
-    pytest.importorskip("torch")
+    import torch  # noqa: F401 (the reference; always installed with the tests)
+
     if "numpy" not in SELECTED:
         pytest.skip("the torchrun run uses the numpy backend")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -179,7 +183,8 @@ def test_torchrun_launch(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("backend", "world"), [("gloo", 2), ("nccl", 1)])
 def test_cuda_tensors(tmp_path: Path, backend: str, world: int) -> None:
     """On a GPU: gloo carries CUDA tensors between 2 ranks; NCCL runs with world size 1."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.cuda.is_available() or "torch" not in SELECTED:
         pytest.skip("needs the torch backend and a CUDA device")
     env = {"TORCH_DEVICE": "cuda", "DIST_BACKEND": backend, "SCENARIOS": "torch-sgd,torch-adam"}

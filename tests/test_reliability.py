@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import SELECTED
 from portable_mlp import checkpoints, datasets
 from portable_mlp import functional as F
 from portable_mlp.checkpoints import CheckpointError
 from portable_mlp.cli import main
 from portable_mlp.datasets import DataError
+from portable_mlp.testing import selected_backends
 from test_checkpoints import _rewrite, fitted, write_signed
+
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
 linux_only = pytest.mark.skipif(
     sys.platform != "linux", reason="RLIMIT_AS, /proc and fork as on Linux"
