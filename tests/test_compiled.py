@@ -150,6 +150,26 @@ def test_captured_step_equals_eager_step(case: Case, dtype: str, name: str) -> N
     _assert_same_state(eager, captured, case, dtype, name)
 
 
+@pytest.mark.parametrize(
+    "name", ["nesterov-wd-clip-ce-labels-tanh-l2-steplr", "momentum-bce-int-targets-leaky-l2"]
+)
+def test_fit_uses_the_captured_step_and_matches_the_eager_loop(
+    case: Case, dtype: str, name: str
+) -> None:
+    """``fit``'s default (the captured step) trains to what ``compile=False`` trains to."""
+    config = CONFIGS[name]
+    (m1, l1, o1, s1), (m2, l2, o2, s2) = _pair(case, dtype, config)
+    x, y = _batch(case, dtype, config.target, seed=5, n=37)  # a short last batch too
+    histories = [
+        pm.fit(
+            m, l, o, x, y, epochs=3, batch_size=16, rng=0, schedule=s, alpha=config.alpha, compile=c
+        )
+        for (m, l, o, s), c in (((m1, l1, o1, s1), False), ((m2, l2, o2, s2), True))
+    ]
+    np.testing.assert_allclose(histories[1].loss, histories[0].loss, rtol=CAPTURED_TOL[dtype])
+    _assert_same_state((m1, l1, o1, s1), (m2, l2, o2, s2), case, dtype, "fit")
+
+
 def _alternate(case: Case, dtype: str, compile_step: Callable[..., Any]) -> None:
     """Mixing the captured and the eager step, two batch shapes, a new learning rate, rebound
     parameters and a restored optimizer snapshot: always what the eager step alone leaves."""

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
+from .compiled import compile_step
 from .layers import Module
 from .losses import Loss
 from .optim import LRScheduler, Optimizer
@@ -142,6 +143,7 @@ def fit(
     score: metrics.Score | None = None,
     alpha: float = 0.0,
     step: Step | None = None,
+    compile: bool = True,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
     history: History | None = None,
@@ -160,9 +162,11 @@ def fit(
     ``early_stopping``: the stopping rule (:class:`EarlyStopping`); gradient clipping is the
     optimizer's ``max_grad_norm``.
 
-    ``step(x, y)`` replaces the eager step ``train_step(model, loss, optimizer, x, y,
-    alpha=alpha)`` (a compiled one, say); its ``y`` is in the loss's working form and ``alpha``
-    then belongs to it. ``callbacks``: objects with ``on_epoch_end`` (:class:`Callback`).
+    Each step is :func:`~portable_mlp.compile_step`'s captured step (``compile=False``: the eager
+    ``train_step(model, loss, optimizer, x, y, alpha=alpha)``; both give the same updates).
+    ``step(x, y)`` replaces either (a step built once and reused across calls, say); its ``y``
+    is in the loss's working form and ``alpha`` then belongs to it. ``callbacks``: objects with
+    ``on_epoch_end`` (:class:`Callback`).
     ``progress``: draw a progress bar on stderr (reading the loss now and then). ``history``:
     a :class:`History` to go on from (epochs, curves, best values, the stopping count).
 
@@ -172,7 +176,9 @@ def fit(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
-    if step is None:
+    if step is None and compile:
+        step = compile_step(model, loss, optimizer, alpha=alpha)
+    elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
         raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")
