@@ -160,11 +160,20 @@ def test_fit_uses_the_captured_step_and_matches_the_eager_loop(
     config = CONFIGS[name]
     (m1, l1, o1, s1), (m2, l2, o2, s2) = _pair(case, dtype, config)
     x, y = _batch(case, dtype, config.target, seed=5, n=37)  # a short last batch too
+    runs = (((m1, l1, o1, s1), False), ((m2, l2, o2, s2), True))
     histories = [
         pm.fit(
-            m, l, o, x, y, epochs=3, batch_size=16, rng=0, schedule=s, alpha=config.alpha, compile=c
+            *parts[:3],
+            x,
+            y,
+            epochs=3,
+            batch_size=16,
+            rng=0,
+            schedule=parts[3],
+            alpha=config.alpha,
+            compile=captured,
         )
-        for (m, l, o, s), c in (((m1, l1, o1, s1), False), ((m2, l2, o2, s2), True))
+        for parts, captured in runs
     ]
     np.testing.assert_allclose(histories[1].loss, histories[0].loss, rtol=CAPTURED_TOL[dtype])
     _assert_same_state((m1, l1, o1, s1), (m2, l2, o2, s2), case, dtype, "fit")
