@@ -3,11 +3,13 @@ kind of broken file refused with a one-line error naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import sys
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,9 @@ import safetensors
 import safetensors.numpy
 
 import portable_mlp as pm
-from conftest import TOL, Case, randomize
 from portable_mlp import _backend, checkpoints
 from portable_mlp.checkpoints import CheckpointError
-from portable_mlp.testing import relative_error
+from portable_mlp.testing import TOLERANCE, Case, randomize, relative_error
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "mlp-tanh": lambda kw: pm.MLP([5, 4, 3, 2], activation="tanh", rng=0, **kw),
@@ -49,20 +50,56 @@ def _contents(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
 
 
+_CODES = {"float32": "F32", "float64": "F64", "float16": "F16", "int64": "I64"}
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_signed(
+    path: Path, metadata: dict[str, str], entries: dict[str, Any], data: bytes
+) -> None:
+    """A checkpoint with this header and data and the digest the format documents: SHA-256 of
+    the canonical header without its digest, then the data. Written independently of the
+    library's writer, so the tests also pin the format down."""
+    unsigned = {k: v for k, v in metadata.items() if k != "digest"}
+    digest = hashlib.sha256(canonical({"__metadata__": unsigned, **entries}) + data).hexdigest()
+    header = canonical({"__metadata__": {**unsigned, "digest": f"sha256:{digest}"}, **entries})
+    header += b" " * (-len(header) % 8)  # the data 8-byte aligned
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """A signed checkpoint holding ``tensors`` (end to end, in sorted order) and ``metadata``."""
+    entries, offset = {}, 0
+    for key in sorted(tensors):
+        t = tensors[key]
+        entries[key] = {
+            "dtype": _CODES[t.dtype.name],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    data = b"".join(np.ascontiguousarray(tensors[k]).tobytes() for k in sorted(tensors))
+    write_signed(path, metadata, entries, data)
+
+
 def _rewrite(
     path: Path,
     *,
     metadata: dict[str, str | None] | None = None,
     tensors: dict[str, np.ndarray | None] | None = None,
 ) -> None:
-    """Rewrite a checkpoint with some metadata entries or tensors replaced (``None``: dropped)."""
+    """Rewrite a checkpoint with some metadata entries or tensors replaced (``None``: dropped),
+    signed again: what is refused is the edit itself, not a stale digest."""
     old_tensors, old_meta = _contents(path)
     new_tensors = {**old_tensors, **(tensors or {})}
     new_meta = {**old_meta, **(metadata or {})}
-    safetensors.numpy.save_file(
-        {k: v for k, v in new_tensors.items() if v is not None},
+    write_tensors(
         path,
-        metadata={k: v for k, v in new_meta.items() if v is not None},
+        {k: v for k, v in new_tensors.items() if v is not None},
+        {k: v for k, v in new_meta.items() if v is not None},
     )
 
 
@@ -95,7 +132,7 @@ def test_round_trip_is_bit_for_bit_on_every_backend(
     on_numpy = checkpoints.load(path)
     x_host = pm.asarray(x, like=on_numpy)
     err = relative_error(pm.to_numpy(on_numpy(x_host)), pm.to_numpy(model(x)))
-    assert err <= TOL[dtype]
+    assert err <= TOLERANCE[dtype]
 
 
 def test_load_casts_to_a_requested_dtype(case: Case, dtype: str, tmp_path: Path) -> None:
@@ -126,16 +163,20 @@ def test_file_format(tmp_path: Path) -> None:
     model = pm.MLP([4, 3, 2], activation="sigmoid", rng=0, dtype="float32")
     path = tmp_path / "m.safetensors"
     checkpoints.save(model, str(path))  # str paths as well as PathLike
-    tensors, metadata = _contents(path)
-    assert metadata == {
+    tensors, metadata = _contents(path)  # any safetensors reader opens it
+    unsigned = {
         "format": "portable_mlp",
-        "format_version": "1",
-        "config": json.dumps(model.config()),
+        "format_version": "2",
+        "config": canonical(model.config()).decode(),
         "dtype": "float32",
         "kind": "model",
     }
-    assert sorted(tensors) == sorted(model.parameters())  # safetensors keeps them sorted
+    assert metadata == {**unsigned, "digest": metadata["digest"]}
+    assert sorted(tensors) == sorted(model.parameters())
     assert all(t.dtype == np.float32 for t in tensors.values())
+    # The documented digest and layout: written independently, the very same bytes.
+    write_tensors(tmp_path / "again.safetensors", tensors, unsigned)
+    assert path.read_bytes() == (tmp_path / "again.safetensors").read_bytes()
     assert isinstance(checkpoints.load(str(path)), pm.MLP)
 
 
@@ -171,7 +212,7 @@ def test_a_failed_save_leaves_the_old_file_intact(
         raise OSError(f"{failing} failed")
 
     if failing == "serializer":
-        monkeypatch.setattr(safetensors.numpy, "save", boom)
+        monkeypatch.setattr(checkpoints, "_encode", boom)
     elif failing == "write":
 
         class DiskFull(io.FileIO):
@@ -210,6 +251,14 @@ def test_save_refuses_what_is_not_a_model(tmp_path: Path, monkeypatch: pytest.Mo
     assert not path.exists()
 
 
+def test_save_refuses_a_header_that_load_would_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    notes = "x" * checkpoints.MAX_HEADER_BYTES
+    with pytest.raises(ValueError, match=r"header would take \d+ bytes, over the 16777216"):
+        checkpoints.save(pm.MLP([2, 2], rng=0), path, metadata={"notes": notes})
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------- estimators
 def _fake_estimator_module() -> types.ModuleType:
     module = types.ModuleType("portable_mlp.estimator")
@@ -223,55 +272,75 @@ def _fake_estimator_module() -> types.ModuleType:
         def _checkpoint(self) -> tuple[pm.Module, dict[str, Any]]:
             return self.model, self.state
 
-        @classmethod
-        def _from_checkpoint(cls, model: pm.Module, state: dict[str, Any]) -> MLPClassifier:
-            return cls(model, state)
-
     module.MLPClassifier = MLPClassifier  # type: ignore[attr-defined]
     return module
 
 
-def test_estimator_round_trip(
-    case: Case, dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake = _fake_estimator_module()
-    monkeypatch.setitem(sys.modules, "portable_mlp.estimator", fake)
-    model = pm.MLP([4, 3, 3], rng=0, **case.model_kwargs(dtype))
-    randomize(model, case, dtype)
-    state = {"classes": ["a", "b", "c"], "learning_rate": 0.1, "n_iter": 7}
-    path = tmp_path / "clf.safetensors"
-    checkpoints.save(fake.MLPClassifier(model, state), path)
+def fitted(kind: str = "MLPClassifier", **kwargs: Any) -> Any:
+    """A small estimator fitted for 3 epochs: string classes, or a 2-output regression."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pm.ConvergenceWarning)
+        if kind == "MLPClassifier":
+            y = np.array(["ant", "bee", "cat"])[np.arange(40) % 3]
+            return pm.MLPClassifier((3,), max_iter=3, random_state=0, **kwargs).fit(X, y)
+        return pm.MLPRegressor((3,), max_iter=3, random_state=0, **kwargs).fit(X, X[:, :2])
+
+
+@pytest.mark.parametrize("kind", ["MLPClassifier", "MLPRegressor"])
+def test_estimator_round_trip(case: Case, dtype: str, kind: str, tmp_path: Path) -> None:
+    est = fitted(kind, **case.model_kwargs(dtype))
+    path = tmp_path / "est.safetensors"
+    checkpoints.save(est, path)
     metadata = _contents(path)[1]
-    assert metadata["kind"] == "MLPClassifier"
-    assert json.loads(metadata["estimator"]) == state
+    assert metadata["kind"] == kind
+    state = json.loads(metadata["estimator"])
+    assert state["fitted"]["n_iter_"] == 3
 
     loaded = checkpoints.load(path, backend=case.backend, device=case.device)
-    assert isinstance(loaded, fake.MLPClassifier)
-    assert loaded.state == state
-    assert loaded.model.device == case.resolved_device
-    for key, value in _host(model).items():
-        assert np.array_equal(pm.to_numpy(loaded.model.parameters()[key]), value), key
+    assert type(loaded) is type(est)
+
+    def constructor(e: Any) -> dict[str, Any]:  # JSON keeps tuples as lists; placement aside
+        params = {**e.get_params(), "hidden_layer_sizes": list(e.hidden_layer_sizes)}
+        return {k: v for k, v in params.items() if k not in ("backend", "device", "dtype")}
+
+    assert constructor(loaded) == constructor(est)
+    assert loaded.model_.device == case.resolved_device
+    for key, value in _host(est.model_).items():
+        assert np.array_equal(pm.to_numpy(loaded.model_.parameters()[key]), value), key
+    for attribute in checkpoints.FITTED_ATTRIBUTES[kind]:
+        expected, got = getattr(est, attribute), getattr(loaded, attribute)
+        assert type(got) is type(expected), attribute
+        assert np.array_equal(got, expected) if attribute == "classes_" else got == expected
+    if kind == "MLPClassifier":
+        assert loaded.classes_.dtype == est.classes_.dtype
 
 
 def test_estimator_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "clf.safetensors"
+    checkpoints.save(fitted(), path)
+    good = _contents(path)[1]["estimator"]
+    _rewrite(path, metadata={"estimator": "{not json"})
+    _refused(path, "'estimator' is not valid JSON")
+    _rewrite(path, metadata={"estimator": None})
+    _refused(path, "no 'estimator' entry")
+    # A classifier's state under a regressor's kind.
+    _rewrite(path, metadata={"estimator": good, "kind": "MLPRegressor"})
+    _refused(
+        path,
+        r"fitted state: unknown \['_multilabel', 'classes_', 'classes_dtype'\], "
+        r"missing \['_y_was_1d'\]",
+    )
+    # Refused at save time, not written as a checkpoint that cannot be read back.
     fake = _fake_estimator_module()
     monkeypatch.setitem(sys.modules, "portable_mlp.estimator", fake)
-    path = tmp_path / "clf.safetensors"
-    checkpoints.save(fake.MLPClassifier(pm.MLP([2, 2], rng=0), {"a": 1}), path)
-    _rewrite(path, metadata={"estimator": "{not json"})
-    with pytest.raises(CheckpointError, match="'estimator' is not valid JSON"):
-        checkpoints.load(path)
-    _rewrite(path, metadata={"estimator": None})
-    with pytest.raises(CheckpointError, match="no 'estimator' entry"):
-        checkpoints.load(path)
-    # Refused at save time, not written as a checkpoint that cannot be read back.
     with pytest.raises(TypeError, match=r"the state of MLPClassifier .* not JSON"):
         checkpoints.save(fake.MLPClassifier(pm.MLP([2, 2]), {"f": len}), tmp_path / "x")
     assert not (tmp_path / "x").exists()
     # An allowed kind that the estimator module does not define.
-    _rewrite(path, metadata={"kind": "MLPRegressor", "estimator": "{}"})
-    with pytest.raises(CheckpointError, match="has no estimator 'MLPRegressor'"):
-        checkpoints.load(path)
+    _rewrite(path, metadata={"kind": "MLPRegressor", "estimator": good})
+    _refused(path, "has no estimator 'MLPRegressor'")
 
 
 # ---------------------------------------------------------------------------- broken files
@@ -331,15 +400,16 @@ def test_foreign_safetensors_file(metadata: dict[str, str] | None, tmp_path: Pat
 @pytest.mark.parametrize(
     ("metadata", "match"),
     [
-        ({"format_version": "2"}, "unsupported checkpoint format_version '2'"),
+        ({"format_version": "3"}, "unsupported checkpoint format_version '3'"),
+        ({"format_version": "1"}, "'1' .written before checkpoints carried a digest"),
         ({"format_version": None}, "format_version None"),
         ({"dtype": "float16"}, "metadata dtype 'float16'"),
         ({"kind": "Pickler"}, "unknown checkpoint kind 'Pickler'"),
         ({"config": '{"type": "MLP", '}, "'config' is not valid JSON"),
         ({"config": "[1, 2]"}, "'config' should be a JSON object, found list"),
         ({"config": None}, "no 'config' entry"),
-        ({"config": '{"type": "Conv2d"}'}, "does not build a model.*Conv2d"),
-        ({"config": '{"type": "MLP", "sizes": [4, 3]}'}, "does not build a model.*KeyError"),
+        ({"config": '{"type": "Conv2d"}'}, "unknown layer type 'Conv2d'"),
+        ({"config": '{"type": "MLP", "sizes": [4, 3]}'}, r"missing \['activation', 'bias'\]"),
         ({"config": json.dumps(pm.MLP([4, 5, 2]).config())}, r"'0.weight' has shape \(4, 3\)"),
         ({"config": json.dumps(pm.MLP([4, 2]).config())}, r"unexpected \['2.bias', '2.weight'\]"),
     ],

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import portable_mlp as pm
-from conftest import SELECTED
 from portable_mlp import datasets
 from portable_mlp.cli import main
+from portable_mlp.testing import selected_backends
 
-TRAINING_BACKENDS = [b for b in ("numpy", "torch", "jax") if b in SELECTED]
+TRAINING_BACKENDS = [b for b in ("numpy", "torch", "jax") if b in selected_backends()]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -132,7 +133,6 @@ def test_continuous_labels_are_refused(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_no_cuda_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
     status, _, err = _run(capsys, "train", "--backend", "torch", "--device", "cuda", "--quiet")
@@ -144,14 +144,15 @@ def test_diverging_run_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 1 and "training diverged" in err
 
 
-def test_check_reports_every_installed_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
+def test_check_reports_every_installed_backend(
+    capsys: pytest.CaptureFixture[str], selected: list[str]
+) -> None:
     status, out, _ = _run(capsys, "check")
     assert status == 0
-    for backend in SELECTED:
+    for backend in selected:
         if backend != "cupy":
             assert backend[:8] in out
-    assert "FAIL" not in out and out.count("pass") >= 2 * len([b for b in SELECTED if b != "cupy"])
+    assert "FAIL" not in out and out.count("pass") >= 2 * len([b for b in selected if b != "cupy"])
 
 
 def test_info_lists_backends(capsys: pytest.CaptureFixture[str]) -> None:

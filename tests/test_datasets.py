@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def test_load_returns_fresh_arrays() -> None:
 
 @pytest.mark.parametrize("name", datasets.DATASETS)
 def test_bundled_data_equals_sklearn(name: str) -> None:
-    sk = pytest.importorskip("sklearn.datasets")
+    from sklearn import datasets as sk  # a test dependency; imported here for its import time
+
     bunch = getattr(sk, f"load_{name}")()
     X, y = datasets.load(name)
     np.testing.assert_array_equal(X, bunch.data)
@@ -82,11 +84,11 @@ def test_csv_numeric_labels(tmp_path: Path) -> None:
 
 
 def test_csv_string_labels(tmp_path: Path) -> None:
-    path = _write(tmp_path, "d.csv", "x,y,answer\n1,2,yes\n3,4,no\n5,6,1\n")
+    path = _write(tmp_path, "d.csv", "x,y,answer\n1,2,yes\n3,4,no\n5,6,1st\n")
     X, y, names = load_file(str(path), target="answer")
     assert names == ["x", "y"] and X.shape == (3, 2)
     assert y is not None and y.dtype == object
-    assert y.tolist() == ["yes", "no", "1"]
+    assert y.tolist() == ["yes", "no", "1st"]
 
 
 def test_csv_without_target_is_all_features(tmp_path: Path) -> None:
@@ -103,11 +105,23 @@ def test_features_select_columns_in_the_models_order(tmp_path: Path) -> None:
     X, y, names = load_file(path, features=["a", "b"])
     assert names == ["a", "b"] and y is None  # label and note are not read at all
     np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_features_missing_from_a_csv(tmp_path: Path) -> None:
+    path = _write(tmp_path, "d.csv", "b,label,a,note\n2,yes,1,hello\n4,no,3,world\n")
     with pytest.raises(DataError, match="missing feature columns c; the model was trained on a, c"):
         load_file(path, features=["a", "c"])
+
+
+def test_features_name_the_columns_of_an_npz(tmp_path: Path) -> None:
     npz = tmp_path / "d.npz"
     np.savez(npz, X=np.ones((2, 2)))
     assert load_file(npz, features=["a", "b"])[2] == ["a", "b"]
+
+
+def test_features_of_another_count_than_an_npz(tmp_path: Path) -> None:
+    npz = tmp_path / "d.npz"
+    np.savez(npz, X=np.ones((2, 2)))
     with pytest.raises(DataError, match="differ from the model's a, b, c"):
         load_file(npz, features=["a", "b", "c"])
 
@@ -325,26 +339,46 @@ def test_standardizer_round_trip_through_json() -> None:
     np.testing.assert_array_equal(again.transform(X), scaler.transform(X))
 
 
-def test_standardizer_errors() -> None:
-    with pytest.raises(RuntimeError, match="not fitted"):
-        Standardizer().transform(np.ones((2, 2)))
-    with pytest.raises(RuntimeError, match="not fitted"):
-        Standardizer().to_dict()
-    scaler = Standardizer().fit(np.ones((3, 2)))
-    with pytest.raises(ValueError, match="fitted on 2 columns, X has 3"):
-        scaler.transform(np.ones((1, 3)))
-    with pytest.raises(ValueError, match=r"X: \(n, p\)"):
-        Standardizer().fit(np.ones(3))
-    with pytest.raises(ValueError, match=r"X: \(n, p\)"):
-        Standardizer().fit(np.ones((0, 3)))
-    with pytest.raises(ValueError, match="finite"):
-        Standardizer().fit([[1.0, np.nan]])
-    with pytest.raises(ValueError, match="keys"):
-        Standardizer.from_dict({"mean": [0.0]})
-    with pytest.raises(ValueError, match="equal-length"):
-        Standardizer.from_dict({"mean": [0.0], "scale": [1.0, 1.0]})
-    with pytest.raises(ValueError, match="positive"):
-        Standardizer.from_dict({"mean": [0.0], "scale": [0.0]})
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: Standardizer().transform(np.ones((2, 2))), RuntimeError, "not fitted"),
+        (lambda: Standardizer().to_dict(), RuntimeError, "not fitted"),
+        (
+            lambda: Standardizer().fit(np.ones((3, 2))).transform(np.ones((1, 3))),
+            ValueError,
+            "fitted on 2 columns, X has 3",
+        ),
+        (lambda: Standardizer().fit(np.ones(3)), ValueError, r"X: \(n, p\)"),
+        (lambda: Standardizer().fit(np.ones((0, 3))), ValueError, r"X: \(n, p\)"),
+        (lambda: Standardizer().fit([[1.0, np.nan]]), ValueError, "finite"),
+        (lambda: Standardizer.from_dict({"mean": [0.0]}), ValueError, "keys"),
+        (
+            lambda: Standardizer.from_dict({"mean": [0.0], "scale": [1.0, 1.0]}),
+            ValueError,
+            "equal-length",
+        ),
+        (
+            lambda: Standardizer.from_dict({"mean": [0.0], "scale": [0.0]}),
+            ValueError,
+            "positive",
+        ),
+    ],
+    ids=[
+        "transform-unfitted",
+        "to_dict-unfitted",
+        "column-count",
+        "1-d",
+        "no-rows",
+        "nan",
+        "dict-keys",
+        "dict-lengths",
+        "dict-scale",
+    ],
+)
+def test_standardizer_misuse(call: Callable[[], Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        call()
 
 
 # -- train_test_split ---------------------------------------------------------------------------
@@ -422,16 +456,22 @@ def test_split_bad_test_size(kwargs: dict[str, object], match: str) -> None:
         train_test_split(X, y, **kwargs)  # type: ignore[arg-type]
 
 
-def test_split_bad_inputs() -> None:
-    with pytest.raises(ValueError, match="X has 3 samples but y has 2"):
-        train_test_split(np.ones((3, 2)), np.zeros(2))
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        train_test_split(np.ones((1, 2)), np.zeros(1))
-    with pytest.raises(ValueError, match="not scalars"):
-        train_test_split(np.float64(1.0), np.zeros(1))
-    with pytest.raises(ValueError, match=r"y: \(n,\)"):
-        train_test_split(np.ones((4, 2)), np.eye(4))
-    # Multi-column targets are fine without stratification.
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.ones((3, 2)), np.zeros(2), "X has 3 samples but y has 2"),
+        (np.ones((1, 2)), np.zeros(1), "at least 2 samples"),
+        (np.float64(1.0), np.zeros(1), "not scalars"),
+        (np.ones((4, 2)), np.eye(4), r"y: \(n,\)"),
+    ],
+    ids=["lengths", "one-sample", "scalar", "stratify-2-d-y"],
+)
+def test_split_bad_inputs(X: Any, y: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_test_split(X, y)
+
+
+def test_split_multi_column_targets_without_stratification() -> None:
     _, _, y_train, y_test = train_test_split(
         np.ones((4, 2)), np.eye(4), test_size=1, stratify=False
     )

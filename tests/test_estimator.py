@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import Case, assert_close
 from portable_mlp import _backend, datasets
+from portable_mlp.testing import Case, assert_close
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def test_multiclass_and_any_labels(case: Case) -> None:
 
 def test_l2_penalty_and_sgd_step_match_torch_autograd() -> None:
     """alpha means scikit-learn's alpha: alpha/2 ||W||^2 / n_batch, weights only."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
     reg = pm.MLPRegressor(

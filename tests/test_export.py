@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import SELECTED
 from portable_mlp import checkpoints, cli, datasets
 from portable_mlp.layers import ACTIVATIONS
+from portable_mlp.testing import selected_backends
 
 _EXTRA = "needs the [onnx] extra: pip install 'portable-mlp[onnx]'"
 ndonnx = pytest.importorskip("ndonnx", reason=_EXTRA)
 onnx = pytest.importorskip("onnx", reason=_EXTRA)
 ort = pytest.importorskip("onnxruntime", reason=_EXTRA)
 from onnx import numpy_helper  # noqa: E402 (after the skip)
+
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
 pytestmark = pytest.mark.filterwarnings("ignore::portable_mlp.ConvergenceWarning")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import Case, assert_close
 from portable_mlp import _backend
 from portable_mlp import functional as F
+from portable_mlp.testing import Case, assert_close
 
 
 def _data(case: Case, dtype: str) -> dict[str, Any]:
@@ -99,7 +99,6 @@ def test_training_steps_run_on_torch_meta_device(make_optimizer: Any, loss_name:
     """torch's meta device has shapes but no values: reading one back raises. Whole training
     steps (forward, loss, backward, L2 term, clipping, optimizer update) run there, so none
     reads a value back to the host, i.e. none would make a GPU wait."""
-    pytest.importorskip("torch")
     model = pm.MLP([6, 5, 3], rng=0, backend="torch", device="meta", dtype="float32")
     rng = np.random.default_rng(0)
     x = pm.asarray(rng.normal(size=(4, 6)), like=model)

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import portable_mlp as pm
-from conftest import Case, assert_close
-from portable_mlp.testing import torch_reference
+from portable_mlp.testing import Case, assert_close, torch_reference
 
 REDUCTIONS = ("mean", "sum")
 
@@ -152,7 +152,7 @@ def test_cross_entropy_at_extreme_logits(case: Case, dtype: str) -> None:
     assert_close(value, 2e4 + 0.0 + np.log(3.0), case=case, dtype=dtype)
     dz = loss.backward()
     expected = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1 / 3, 1 / 3, -2 / 3]])
-    assert_close(dz, expected, case=case, dtype=dtype, tol=1e-6)
+    assert_ulps(dz, expected, case=case, dtype=dtype)  # exact up to the rounding of 1/3
 
 
 def test_out_of_range_label_poisons_the_loss(case: Case) -> None:
@@ -162,30 +162,63 @@ def test_out_of_range_label_poisons_the_loss(case: Case) -> None:
 
 
 # --------------------------------------------------------------------------- misuse
-def test_loss_misuse_is_a_clear_error(case: Case) -> None:
-    z = case.array(np.zeros((4, 1)), "float64")
-    with pytest.raises(ValueError, match=r"shape of z \(4, 1\), got \(4,\)"):
-        pm.BCEWithLogitsLoss().forward(z, case.array(np.zeros(4), "float64"))
-    with pytest.raises(TypeError, match="dtype of z \\(float64\\), got float32"):
-        pm.MSELoss().forward(z, case.array(np.zeros((4, 1)), "float32"))
-    with pytest.raises(TypeError, match="integer class labels"):
-        pm.CrossEntropyLoss().forward(z, case.array(np.zeros(4), "float64"))
-    with pytest.raises(ValueError, match="expected 4 labels"):
-        pm.CrossEntropyLoss().forward(z, case.array(np.zeros(3, dtype=int)))
-    with pytest.raises(ValueError, match=r"z of shape \(n, k\)"):
-        pm.MSELoss().forward(case.array(np.zeros(4), "float64"), case.array(np.zeros(4), "float64"))
-    with pytest.raises(RuntimeError, match="before forward"):
-        pm.MSELoss().backward()
-    with pytest.raises(ValueError, match="reduction must be one of mean, sum, none"):
-        pm.MSELoss(reduction="avg")  # type: ignore[arg-type]
+def _z(c: Case) -> Any:
+    return c.array(np.zeros((4, 1)), "float64")
+
+
+# One misuse each: (error, message, the call that must raise it).
+LOSS_MISUSE: dict[str, tuple[type[Exception], str, Callable[[Case], Any]]] = {
+    "target shape": (
+        ValueError,
+        r"shape of z \(4, 1\), got \(4,\)",
+        lambda c: pm.BCEWithLogitsLoss().forward(_z(c), c.array(np.zeros(4), "float64")),
+    ),
+    "target dtype": (
+        TypeError,
+        r"dtype of z \(float64\), got float32",
+        lambda c: pm.MSELoss().forward(_z(c), c.array(np.zeros((4, 1)), "float32")),
+    ),
+    "float labels": (
+        TypeError,
+        "integer class labels",
+        lambda c: pm.CrossEntropyLoss().forward(_z(c), c.array(np.zeros(4), "float64")),
+    ),
+    "label count": (
+        ValueError,
+        "expected 4 labels",
+        lambda c: pm.CrossEntropyLoss().forward(_z(c), c.array(np.zeros(3, dtype=int))),
+    ),
+    "z of one dimension": (
+        ValueError,
+        r"z of shape \(n, k\)",
+        lambda c: pm.MSELoss().forward(
+            c.array(np.zeros(4), "float64"), c.array(np.zeros(4), "float64")
+        ),
+    ),
+    "backward first": (RuntimeError, "before forward", lambda c: pm.MSELoss().backward()),
+}
+
+
+@pytest.mark.parametrize("misuse", LOSS_MISUSE)
+def test_loss_misuse_is_a_clear_error(case: Case, misuse: str) -> None:
+    error, message, call = LOSS_MISUSE[misuse]
+    with pytest.raises(error, match=message):
+        call(case)
+
+
+def test_backward_twice_for_one_forward(case: Case) -> None:
     loss = pm.MSELoss()
-    loss.forward(z, z)
+    loss.forward(_z(case), _z(case))
     loss.backward()
     with pytest.raises(RuntimeError, match="twice"):
         loss.backward()
 
 
+def test_unknown_reduction() -> None:
+    with pytest.raises(ValueError, match="reduction must be one of mean, sum, none"):
+        pm.MSELoss(reduction="avg")  # type: ignore[arg-type]
+
+
 def test_loss_refuses_mixed_backends() -> None:
-    torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="different backends: torch and numpy"):
         pm.MSELoss().forward(torch.zeros((2, 1)), np.zeros((2, 1), dtype=np.float32))

@@ -7,13 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import portable_mlp as pm
-from conftest import Case, assert_close
-from portable_mlp import _backend
 from portable_mlp.optim import clip_grad_norm, global_norm
-
-torch = pytest.importorskip("torch")
+from portable_mlp.testing import Case, assert_close
 
 CONFIGS: dict[str, tuple[Callable[..., pm.optim.Optimizer], Callable[..., Any], dict[str, Any]]] = {
     "sgd": (pm.SGD, torch.optim.SGD, {"lr": 0.1}),
@@ -50,21 +48,12 @@ def test_optimizer_matches_torch_step_by_step(case: Case, dtype: str, name: str)
             p.grad = torch.tensor(grads[k])
         t_opt.step()
         for k, v in model.parameters().items():
-            # float64: the torch.optim rule to 1e-9; float32: the same rule in float32 rounding
-            tol = 1e-9 if dtype == "float64" else 1e-4
-            assert_close(
-                v,
-                t_params[k].detach().numpy(),
-                case=case,
-                dtype=dtype,
-                tol=tol,
-                what=f"{name} step {step} {k}",
-            )
-    for state in opt.state.values():  # optimizer state lives with the parameters
-        for buf in state.values():
-            assert pm.namespace_of(buf) is case.xp
-            assert _backend.dtype_name(buf.dtype) == dtype
-            assert _backend.device(buf) == case.resolved_device
+            expected = t_params[k].detach().numpy()
+            assert_close(v, expected, case=case, dtype=dtype, what=f"{name} step {step} {k}")
+    where = case.placement(dtype)
+    for key, state in opt.state.items():  # optimizer state lives with the parameters
+        for buf_name, buf in state.items():
+            where.check(buf, who=name, what=f"state[{key!r}][{buf_name!r}]")
 
 
 def test_step_reads_model_gradients_and_updates_in_place(case: Case) -> None:
@@ -162,20 +151,30 @@ def test_snapshot_restores_state(case: Case) -> None:
     assert_close(opt.state["0.weight"]["m"], np.full((2, 2), 0.1), case=case, dtype="float64")
 
 
-def test_optimizer_misuse() -> None:
-    model = pm.MLP([2, 2], rng=0)
-    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
-        pm.SGD(model, lr=0)
-    with pytest.raises(ValueError, match="nesterov=True needs momentum"):
-        pm.SGD(model, nesterov=True)
-    with pytest.raises(ValueError, match=r"betas must be in \[0, 1\)"):
-        pm.Adam(model, betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match="has no parameters"):
-        pm.Adam(pm.Sequential(pm.ReLU()))
-    with pytest.raises(KeyError, match="expected gradients for"):
-        pm.SGD(model).step({"0.weight": model.parameters()["0.weight"]})
-    with pytest.raises(RuntimeError, match="before backward"):
-        pm.SGD(model).step()
+# One misuse each: (error, message, the call that must raise it, given an MLP([2, 2])).
+OPTIMIZER_MISUSE: dict[str, tuple[type[Exception], str, Callable[[pm.Module], Any]]] = {
+    "lr": (ValueError, "lr must be > 0, got 0", lambda m: pm.SGD(m, lr=0)),
+    "nesterov": (ValueError, "nesterov=True needs momentum", lambda m: pm.SGD(m, nesterov=True)),
+    "betas": (ValueError, r"betas must be in \[0, 1\)", lambda m: pm.Adam(m, betas=(0.9, 1.0))),
+    "no parameters": (
+        ValueError,
+        "has no parameters",
+        lambda m: pm.Adam(pm.Sequential(pm.ReLU())),
+    ),
+    "missing gradients": (
+        KeyError,
+        "expected gradients for",
+        lambda m: pm.SGD(m).step({"0.weight": m.parameters()["0.weight"]}),
+    ),
+    "step before backward": (RuntimeError, "before backward", lambda m: pm.SGD(m).step()),
+}
+
+
+@pytest.mark.parametrize("misuse", OPTIMIZER_MISUSE)
+def test_optimizer_misuse(misuse: str) -> None:
+    error, message, call = OPTIMIZER_MISUSE[misuse]
+    with pytest.raises(error, match=message):
+        call(pm.MLP([2, 2], rng=0))
 
 
 def test_train_step_l2_term_leaves_the_layer_gradients_alone() -> None:

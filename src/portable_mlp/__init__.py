@@ -10,6 +10,7 @@ from typing import Any
 from . import (
     checkpoints,
     datasets,
+    distributed,
     estimator,
     functional,
     init,
@@ -32,6 +33,7 @@ from ._backend import (
     to_numpy,
 )
 from .checkpoints import CheckpointError, load, save
+from .compiled import compile_step
 from .estimator import MLPClassifier, MLPRegressor
 from .export import export_onnx
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sigmoid, Tanh
@@ -88,7 +90,9 @@ __all__ = [
     "asarray",
     "checkpoints",
     "clip_grad_norm",
+    "compile_step",
     "datasets",
+    "distributed",
     "export_onnx",
     "fit",
     "from_config",

@@ -20,13 +20,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
+
+if TYPE_CHECKING:
+    from .compiled import StepPlan
 
 #: Any backend's array. One alias for the whole package: the array API has no common base class.
 Array = Any
@@ -173,6 +177,23 @@ class Backend:
         """Silence the library's own floating-point warnings, where it has any."""
         return contextlib.nullcontext()
 
+    # ---- data parallelism within one process (a device mesh); multi-process is _collectives
+    def shard_batch(self, x: Array, device: Any) -> Array:
+        """``x`` split over ``device``'s devices along its first (batch) axis; unchanged where
+        ``device`` is one device."""
+        return x
+
+    def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
+        """A block where an underflow to a subnormal or zero is the right answer, not an error
+        (the stable sigmoid, BCE and softmax forms), whatever the library's error state."""
+        return contextlib.nullcontext()
+
+    # ---- the captured step (compiled.py)
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        """``step(x, y) -> loss`` for :func:`portable_mlp.compile_step`: by default the eager
+        step with its calls looked up once (no compiler, no graph)."""
+        return plan.eager()
+
 
 def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     if dev not in list(devices):
@@ -203,6 +224,13 @@ class _NumPy(Backend):
         # NumPy warns on every overflow of a diverging run; the trainer detects non-finite values
         # itself and raises one clear error instead.
         return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+    def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
+        # NumPy (and array-api-strict, which computes with it) obeys np.seterr: under
+        # np.seterr(all="raise"), exp(-100) in float32 raises FloatingPointError("underflow"),
+        # and so does scaling a gradient that small by 1/n, though both results are right.
+        # Overflow, division by zero and invalid operations still raise as the caller set.
+        return np.errstate(under="ignore")
 
 
 @dataclass(frozen=True)
@@ -314,6 +342,36 @@ class _Torch(Backend):
             linear=linear, relu=torch.relu, relu_backward=relu_backward, add_scaled=add_scaled
         )
 
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import torch
+
+        device = torch.device(plan.placement.device)
+        if device.type != "cuda":
+            return plan.eager()
+
+        # As PyTorch's CUDA-graph recipe: warm up on a side stream, capture on the graph's own
+        # stream into a private memory pool, replay on the current stream of the model's device.
+        def capture(
+            body: Callable[[], Any], warmup: Callable[[], None]
+        ) -> tuple[Callable[[], None], Any]:
+            with torch.cuda.device(device):
+                side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    warmup()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = body()
+
+            def replay() -> None:
+                with torch.cuda.device(device):
+                    graph.replay()
+
+            return replay, out
+
+        return plan.graphed(capture)
+
 
 @dataclass(frozen=True)
 class _Jax(Backend):
@@ -335,6 +393,12 @@ class _Jax(Backend):
         if spec is None:
             # JAX reports None ("wherever JAX puts it"); a fresh array's device is concrete.
             return device(xp.zeros(()))
+        if isinstance(spec, str) and spec.startswith("mesh("):
+            return self._mesh_from_spec(xp, spec)
+        if isinstance(spec, (jax.sharding.Mesh, jax.sharding.NamedSharding)):
+            # Data parallelism: the parameters are replicated on every device of the mesh; the
+            # batches are split over it (shard_batch) and XLA inserts the all-reduces.
+            return _replicated(spec if isinstance(spec, jax.sharding.Mesh) else spec.mesh)
         if isinstance(spec, str):
             platform, _, index = spec.partition(":")
             platform = {"cuda": "gpu"}.get(platform, platform)
@@ -349,7 +413,58 @@ class _Jax(Backend):
         return _checked_member(spec, jax.devices(), self.name)
 
     def device_spec(self, device: Any) -> Any:
+        mesh = getattr(device, "mesh", None)
+        if mesh is not None:  # "mesh(batch=2; cpu:0, cpu:1)", which resolve_device reads back
+            axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+            devices = ", ".join(self.device_spec(d) for d in mesh.devices.flat)
+            return f"mesh({axes}; {devices})"
         return f"{device.platform}:{device.id}"
+
+    def _mesh_from_spec(self, xp: ModuleType, spec: str) -> Any:
+        """The replicated sharding over the mesh ``"mesh(batch=2)"`` (the first devices of the
+        default platform) or ``"mesh(batch=2; gpu:0, gpu:1)"`` spells."""
+        import jax
+
+        inner = spec[len("mesh(") : -1] if spec.endswith(")") else ""
+        axes_part, _, devices_part = inner.partition(";")
+        try:
+            axes = {
+                name.strip(): int(size)
+                for name, size in (a.split("=") for a in axes_part.split(","))
+            }
+        except ValueError:
+            raise BackendError(
+                f"cannot read the JAX mesh {spec!r}; expected e.g. 'mesh(batch=2)' or "
+                "'mesh(batch=2; gpu:0, gpu:1)'"
+            ) from None
+        size = math.prod(axes.values())
+        if devices_part.strip():
+            devices = [self.resolve_device(xp, d.strip()) for d in devices_part.split(",")]
+        else:
+            devices = jax.devices()[:size]
+        if len(devices) != size:
+            raise BackendError(
+                f"the JAX mesh {spec!r} needs {size} devices, got {len(devices)} "
+                f"(JAX sees {len(jax.devices())})"
+            )
+        grid = np.empty(len(devices), dtype=object)
+        grid[:] = devices
+        mesh = jax.sharding.Mesh(grid.reshape(tuple(axes.values())), tuple(axes))
+        return self.resolve_device(xp, mesh)
+
+    def shard_batch(self, x: Array, device: Any) -> Array:
+        mesh = getattr(device, "mesh", None)
+        if mesh is None:
+            return x
+        import jax
+
+        axes = mesh.axis_names
+        # jax refuses a split that does not divide the rows; such a batch (the last of an
+        # epoch, say) stays replicated: the same result, computed on every device.
+        split = (axes[0] if len(axes) == 1 else axes) if x.shape[0] % mesh.size == 0 else None
+        partition: Any = jax.sharding.PartitionSpec  # untyped in jax
+        spec = partition(split)
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
 
     def enable_float64(self) -> None:
         importlib.import_module("jax").config.update("jax_enable_x64", True)
@@ -360,6 +475,30 @@ class _Jax(Backend):
     def sync(self, x: Array | None, device: Any) -> None:
         if x is not None:
             x.block_until_ready()
+
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import jax
+
+        # Donated parameters, state and step count let XLA update them in place; the learning
+        # rate and count are arrays, so new values never retrace.
+        return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1, 3)))
+
+
+@functools.cache
+def _replicated(mesh: Any) -> Any:
+    """The placement device of a JAX mesh: every device of it holds the whole array.
+
+    It is also the device :func:`device` reports for any array split over that mesh, so arrays
+    made "on the device of x" (``xp.arange(k, device=device(x))``) and the checks that compare
+    devices work on split batches unchanged.
+    """
+    import jax
+
+    # Automatic axes (jax.make_mesh makes explicit ones, whose matmuls over the split batch axis
+    # ask for an output sharding): XLA chooses the collectives and the layer code runs unchanged.
+    auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names)
+    partition: Any = jax.sharding.PartitionSpec  # untyped in jax
+    return jax.sharding.NamedSharding(auto, partition())
 
 
 @dataclass(frozen=True)
@@ -404,6 +543,40 @@ class _CuPy(Backend):
 
     def sync(self, x: Array | None, device: Any) -> None:
         device.synchronize()
+
+    def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
+        import cupy
+
+        device = plan.placement.device
+
+        # CuPy's stream capture (cupy.cuda.Stream.begin_capture/end_capture). Its arrays come
+        # from a memory pool of this graph alone: the capture's temporaries, freed when it ends,
+        # must never be handed to other arrays, since every replay writes into them again.
+        def capture(
+            body: Callable[[], Any], warmup: Callable[[], None]
+        ) -> tuple[Callable[[], None], Any]:
+            pool = cupy.cuda.MemoryPool()
+            with device:
+                current = cupy.cuda.get_current_stream()
+                side = cupy.cuda.Stream(non_blocking=True)
+                side.wait_event(current.record())
+                with cupy.cuda.using_allocator(pool.malloc), side:
+                    warmup()
+                    side.begin_capture()
+                    try:
+                        out = body()
+                    finally:
+                        graph = side.end_capture()
+                current.wait_event(side.record())
+
+            def replay() -> None:
+                with device:
+                    graph.launch(cupy.cuda.get_current_stream())
+                _ = pool  # the graph's memory lives as long as the graph
+
+            return replay, out
+
+        return plan.graphed(capture)
 
 
 @dataclass(frozen=True)
@@ -597,6 +770,14 @@ def _device_getter(x: Any) -> Callable[[Any], Any]:
         return lambda _: "cpu"  # NumPy 1.26 arrays have no .device
     if array_api_compat.is_torch_array(x):
         return lambda a: a.device
+    if array_api_compat.is_jax_array(x):
+        from jax.sharding import NamedSharding
+
+        def jax_device(a: Any) -> Any:
+            d = array_api_compat.device(a)  # None while jit traces (jax-ml/jax#26000)
+            return _replicated(d.mesh) if type(d) is NamedSharding else d
+
+        return jax_device
     return array_api_compat.device
 
 
@@ -856,13 +1037,16 @@ def asarray(data: Any, *, like: Any, dtype: Any = None) -> Any:
     ``dtype`` says otherwise; integer and boolean data (labels) keep an integer or boolean dtype.
     An explicit, visible move: it is never done behind a user's back.
     """
+    return placement_like(like).asarray(data, dtype=dtype)
+
+
+def placement_like(like: Any) -> Placement:
+    """The placement of a model, layer, placement or array."""
     if isinstance(like, Placement):
-        where = like
-    elif hasattr(like, "placement"):
-        where = like.placement
-    else:
-        where = placement_of(like)
-    return where.asarray(data, dtype=dtype)
+        return like
+    if hasattr(like, "placement"):
+        return like.placement  # type: ignore[no-any-return]
+    return placement_of(like)
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:

@@ -1,27 +1,29 @@
 """The ``portable-mlp`` command line: ``train``, ``predict``, ``check`` and ``info``.
 
-Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind)
-is a one-line error on stderr and exit status 2, without a traceback; set
-``PORTABLE_MLP_TRACEBACK=1`` to see one. A diverging run exits with status 1.
+Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind,
+a non-finite hyperparameter, an output folder that does not exist) is a one-line error on stderr
+and exit status 2, without a traceback; set ``PORTABLE_MLP_TRACEBACK=1`` to see one. A diverging
+run exits with status 1, and so does any error nothing checked for (still one line, naming its
+type).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import io
+import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__, _backend, checkpoints, datasets, estimator
+from . import __version__, _backend, _io, checkpoints, datasets, estimator
 from ._progress import console
 from ._validation import check_class_labels, encode_labels
 from .checkpoints import CheckpointError
@@ -37,8 +39,12 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        _check_outputs(args)
         status: int = args.run(args)
         return status
     except TrainingError as exc:
@@ -49,18 +55,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         OSError,  # missing files, directories, permissions
     ) as exc:
         return _fail(args, exc, 2)
+    except Exception as exc:  # a case the checks missed: still one line, with its type
+        return _fail(args, exc, 1, unexpected=True)
 
 
-def _fail(args: argparse.Namespace, exc: BaseException, status: int) -> int:
+def _fail(
+    args: argparse.Namespace, exc: BaseException, status: int, unexpected: bool = False
+) -> int:
     if os.environ.get("PORTABLE_MLP_TRACEBACK"):
         raise exc
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if unexpected:
+        message = (
+            f"unexpected {type(exc).__name__}: {message} (PORTABLE_MLP_TRACEBACK=1 shows where)"
+        )
     print(f"portable-mlp {args.command}: error: {message}", file=sys.stderr)
     return status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other misuse (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output path whose folder is missing or that is a folder."""
+    for option in ("save", "plot", "output"):
+        path = getattr(args, option, None)
+        if path is None:
+            continue
+        folder = path.parent
+        if not folder.is_dir():
+            raise UsageError(f"--{option} {path}: no such directory {str(folder)!r}")
+        if path.is_dir():
+            raise UsageError(f"--{option} {path}: is a directory; expected a file name")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="portable-mlp",
         description="Train and check multilayer perceptrons with hand-written backprop on any "
         "array backend (NumPy, PyTorch, JAX, CuPy, array-api-strict).",
@@ -81,12 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
-    train.add_argument("--lr", type=_positive(float), default=1e-3, help="default: 0.001")
-    train.add_argument("--epochs", type=_positive(int), default=200, help="at most (default: 200)")
-    train.add_argument("--batch-size", type=_positive(int), default=64, help="default: 64")
-    train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default: 1e-4)")
-    train.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
-    train.add_argument("--seed", type=int, default=0, help="for weights, split and shuffling")
+    train.add_argument("--lr", type=_number(float, 0, False), default=1e-3, help="default: 0.001")
+    train.add_argument(
+        "--epochs", type=_number(int, 0, False), default=200, help="at most (default: 200)"
+    )
+    train.add_argument("--batch-size", type=_number(int, 0, False), default=64, help="default: 64")
+    train.add_argument(
+        "--alpha", type=_number(float, 0, True), default=1e-4, help="L2 penalty (default: 1e-4)"
+    )
+    train.add_argument(
+        "--test-size", type=_number(float), default=0.2, help="held-out fraction (0.2)"
+    )
+    train.add_argument(
+        "--seed", type=_number(int, 0, True), default=0, help="for weights, split and shuffling"
+    )
     train.add_argument(
         "--early-stopping",
         action=argparse.BooleanOptionalAction,
@@ -117,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a checkpoint as an ONNX model")
     export.add_argument("model", type=Path, help="a checkpoint written by train --save")
     export.add_argument("output", type=Path, help="the .onnx file to write")
-    export.add_argument("--opset", type=_positive(int), help="default: the one ndonnx builds")
+    export.add_argument(
+        "--opset", type=_number(int, 0, False), help="default: the one ndonnx builds"
+    )
     export.set_defaults(run=_export)
     return parser
 
@@ -144,14 +188,23 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive(kind: type) -> Any:
+def _number(kind: type, bound: float | None = None, inclusive: bool = True) -> Any:
+    """An argparse type: a finite ``kind`` (int or float), above ``bound`` where one is given
+    (or equal to it, if ``inclusive``). ``nan`` and ``inf`` never pass: as a learning rate or a
+    penalty they would only surface, later, as a diverged run."""
+    wanted = "a finite float" if kind is float else f"an {kind.__name__}"
+    if bound is not None:
+        wanted += f" {'>=' if inclusive else '>'} {bound}"
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or (
+            bound is not None and not (value >= bound if inclusive else value > bound)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
     return parse
@@ -179,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
     X_train, X_test, y_train, y_test = datasets.train_test_split(
         X, labels, test_size=args.test_size, rng=args.seed
     )
-    scaler = datasets.Standardizer().fit(X_train)  # statistics of the training split only
+    scaler = datasets.Standardizer().fit(X_train, feature_names=names)  # the training split only
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     clf = MLPClassifier(
         args.hidden,
@@ -274,22 +327,9 @@ def _plot(clf: MLPClassifier, path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with _atomic(path, "wb") as f:
+    with _io.atomic_writer(path) as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-
-
-@contextlib.contextmanager
-def _atomic(path: Path, mode: str) -> Iterator[Any]:
-    """Write ``path`` through a temporary file beside it, renamed into place when complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------- predict
@@ -299,11 +339,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise CheckpointError(
             f"{args.model}: holds a {type(clf).__name__}, not a trained classifier"
         )
-    meta = checkpoints.read_metadata(args.model)
-    names = meta.get("feature_names")
+    names, scaler = _preprocessing(args.model, checkpoints.read_metadata(args.model))
     X, _, _ = datasets.load_file(args.data, features=names)
-    if "standardizer" in meta:
-        X = datasets.Standardizer.from_dict(meta["standardizer"]).transform(X)
+    if scaler is not None:
+        X = scaler.transform(X)
     proba = clf.predict_proba(X)
     labels = clf.classes_[proba.argmax(axis=1)]
     text = io.StringIO()
@@ -313,20 +352,36 @@ def _predict(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text.getvalue())
     else:
-        with _atomic(args.output, "w") as f:
-            f.write(text.getvalue())
+        _io.write_atomic(args.output, text.getvalue().encode())
         print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
     return 0
 
 
+def _preprocessing(
+    path: Path, meta: dict[str, Any]
+) -> tuple[list[str] | None, datasets.Standardizer | None]:
+    """The feature columns and the standardizer that ``train --save`` stored with a model."""
+    names = meta.get("feature_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{path}: metadata feature_names is not a list of column names")
+    stored = meta.get("standardizer")
+    if stored is None:
+        return names, None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: metadata standardizer is not a JSON object")
+    try:
+        return names, datasets.Standardizer.from_dict(stored)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: metadata standardizer: {exc}") from None
+
+
 # ---------------------------------------------------------------------------- check
-TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
-
-
 def _check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .testing import parity_report, reference_missing
+    from .testing import TOLERANCE, parity_report, reference_missing
 
     missing = reference_missing()
     if missing:

@@ -16,6 +16,7 @@ import gzip
 import math
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -146,6 +147,15 @@ def load_file(
     return _load_npz(file, target, features)
 
 
+def _check_feature_names(file: Path, names: list[str], what: str) -> None:
+    """Refuse repeated names: two features would be read from one column (or one left unread)."""
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise DataError(
+            f"{file}: {what} name the same column more than once: {', '.join(repeated)}"
+        )
+
+
 def _expected(suffix: str) -> str:
     if suffix == ".csv":
         return "a header row of column names followed by data rows"
@@ -177,6 +187,9 @@ def _load_csv(
             f"{file}: no target column {target!r}; available columns: {', '.join(header)}"
         )
     names = [c for c in header if c != target] if features is None else list(features)
+    _check_feature_names(file, names, "features")
+    if target is not None and target in names:
+        raise DataError(f"{file}: the target column {target!r} cannot be a feature too")
     missing = [c for c in names if c not in header]
     if missing:
         raise DataError(
@@ -218,14 +231,36 @@ def _load_csv(
             if not math.isfinite(number):
                 raise DataError(f"{file}: non-finite value {cell!r} at {where}, column {column!r}")
             X[i, j] = number
-    return X, (None if target is None else _labels(labels)), names
+    return X, (None if target is None else _labels(file, target, labels)), names
 
 
-def _labels(values: list[str]) -> NDArray[Any]:
+def _labels(file: Path, target: str, values: list[str]) -> NDArray[Any]:
+    """Float64 labels if every one is a number, an object array of str if none is."""
+    numbers: list[float] = []
+    first_text = None  # the row of the first label that is not a number
+    for i, value in enumerate(values):
+        try:
+            numbers.append(float(value))
+        except ValueError:
+            first_text = i if first_text is None else first_text
+    if first_text is None:
+        return np.array(numbers, dtype=np.float64)
+    if numbers:  # "1" next to "a": is 1 a class name or a number? Refused rather than guessed.
+        first_number = next(i for i, v in enumerate(values) if _is_number(v))
+        raise DataError(
+            f"{file}: label column {target!r} mixes numbers ({values[first_number]!r} at row "
+            f"{first_number + 1}) and text ({values[first_text]!r} at row {first_text + 1}); "
+            "make the labels all numbers or all text"
+        )
+    return np.array(values, dtype=object)
+
+
+def _is_number(text: str) -> bool:
     try:
-        return np.array([float(v) for v in values], dtype=np.float64)
+        float(text)
     except ValueError:
-        return np.array(values, dtype=object)
+        return False
+    return True
 
 
 def _load_npz(
@@ -253,6 +288,9 @@ def _load_npz(
                 f"got {given.dtype} {given.shape}"
             )
         names = [str(v) for v in given]
+        _check_feature_names(file, names, "feature_names")
+    if features is not None:
+        _check_feature_names(file, list(features), "features")
     if features is not None and names != list(features):
         if "feature_names" in arrays or len(features) != len(names):
             raise DataError(
@@ -303,6 +341,20 @@ def _as_matrix(X: ArrayLike, what: str) -> NDArray[np.float64]:
     return A
 
 
+def _refuse_overflow(
+    A: NDArray[np.float64], finite: Any, what: str, names: Sequence[str] | None
+) -> None:
+    """A :class:`DataError` naming the first column where ``finite`` is False."""
+    if finite.all():
+        return
+    j = int(np.argmin(finite))
+    column = f"column {names[j]!r}" if names is not None and len(names) > j else f"X[:, {j}]"
+    raise DataError(
+        f"Standardizer.{what}: {column} overflows float64 when standardized (values up to "
+        f"{np.max(np.abs(A[:, j])):.3g}); rescale that column first"
+    )
+
+
 class Standardizer:
     """Per-column ``(x - mean_) / scale_``, with the mean and (population) std of the data it was
     fitted on. Fit on the training split only, so no statistic of the test data leaks into it.
@@ -318,12 +370,18 @@ class Standardizer:
         p = getattr(self, "mean_", None)
         return "Standardizer()" if p is None else f"Standardizer(p={p.shape[0]})"
 
-    def fit(self, X: ArrayLike) -> Standardizer:
-        """Learn ``mean_: (p,)`` and ``scale_: (p,)`` from ``X: (n, p)``; returns self."""
+    def fit(self, X: ArrayLike, *, feature_names: Sequence[str] | None = None) -> Standardizer:
+        """Learn ``mean_: (p,)`` and ``scale_: (p,)`` from ``X: (n, p)``; returns self.
+
+        Values so large that a column's mean or standard deviation overflows float64 are a
+        :class:`DataError` naming the column (from ``feature_names`` where given).
+        """
         A = _as_matrix(X, "Standardizer.fit")
-        mean = A.mean(axis=0)
-        scale = A.std(axis=0)
-        constant = np.ptp(A, axis=0) == 0
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below, per column
+            mean = A.mean(axis=0)
+            scale = A.std(axis=0)
+            constant = np.ptp(A, axis=0) == 0
+        _refuse_overflow(A, np.isfinite(mean) & np.isfinite(scale), "fit", feature_names)
         # The computed mean of a constant column can be off by an ulp; its own value is exact.
         mean[constant] = A[0, constant]
         scale[constant] = 1.0
@@ -339,11 +397,16 @@ class Standardizer:
             raise ValueError(
                 f"Standardizer was fitted on {self.mean_.shape[0]} columns, X has {A.shape[1]}"
             )
-        return (A - self.mean_) / self.scale_
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below, per column
+            Z: NDArray[np.float64] = (A - self.mean_) / self.scale_
+        _refuse_overflow(A, np.isfinite(Z).all(axis=0), "transform", None)
+        return Z
 
-    def fit_transform(self, X: ArrayLike) -> NDArray[np.float64]:
+    def fit_transform(
+        self, X: ArrayLike, *, feature_names: Sequence[str] | None = None
+    ) -> NDArray[np.float64]:
         """``fit(X)`` then ``transform(X)``."""
-        return self.fit(X).transform(X)
+        return self.fit(X, feature_names=feature_names).transform(X)
 
     def to_dict(self) -> dict[str, list[float]]:
         """The fitted statistics as JSON-ready lists: ``{"mean": [...], "scale": [...]}``."""

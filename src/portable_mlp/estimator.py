@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _backend, _validation, datasets, metrics, optim
+from . import _backend, _validation, checkpoints, datasets, metrics, optim
 from . import functional as F
 from ._backend import Array, Placement
 from .layers import ACTIVATIONS, Module
@@ -554,8 +554,9 @@ class _BaseMLP:
         names = fitted.pop("feature_names_in_", None)
         if names is not None:
             est.feature_names_in_ = np.asarray(names, dtype=object)
-        for key, value in fitted.items():
-            setattr(est, key, value)
+        # Only the attributes a fitted estimator has: a stored key never replaces a method.
+        for key in checkpoints.FITTED_ATTRIBUTES[cls.__name__] & fitted.keys():
+            setattr(est, key, fitted[key])
         est._no_improvement = 0
         est._generator = _backend.host_rng(est.random_state)
         est._optimizer, est._schedule = est._make_optimizer()

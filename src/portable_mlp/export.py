@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoints, datasets
+from . import _io, checkpoints, datasets
 from . import functional as F
 from ._backend import Array, Placement, placement
 from .layers import Module
@@ -95,7 +95,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     else:
         proto = _convert(proto, opset, onnx)
-    checkpoints._write_atomic(os.fspath(path), proto.SerializeToString())
+    _io.write_atomic(os.fspath(path), proto.SerializeToString())
     return proto
 
 

@@ -12,11 +12,13 @@ layout); it is built from these primitives in ``_seed.py``.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
-from ._backend import Array, device, namespace_of
+from ._backend import Array, backend_of, device, kernels_of, namespace_of
 
 Reduction = Literal["mean", "sum", "none"]
 Layout = Literal["rows", "columns"]
@@ -27,6 +29,33 @@ _GELU_K = 0.044715
 
 def _ns(xp: ModuleType | None, *arrays: Array) -> ModuleType:
     return namespace_of(*arrays) if xp is None else xp
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _underflow_ok(f: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Make ``f`` immune to an error state that raises on underflow (``np.seterr(all="raise")``):
+    in the stable forms below ``exp(-|z|)``, and products of it, underflow by design.
+
+    It runs ``f`` as it is; only if that raises ``FloatingPointError`` (which a library raises
+    only where the caller asked for it) does it run ``f`` again in its backend's
+    :meth:`~portable_mlp._backend.Backend.underflow_ok` block, where an overflow or an invalid
+    operation still raises. So the usual call pays nothing: entering NumPy's ``errstate`` on
+    every call measurably slowed small batches.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return f(*args, **kwargs)
+        except FloatingPointError:
+            xp = kwargs.get("xp") or namespace_of(args[0])
+            with backend_of(xp).underflow_ok():  # type: ignore[arg-type]
+                return f(*args, **kwargs)
+
+    return wrapper
 
 
 def _indicator(condition: Array, dtype: Any, xp: ModuleType) -> Array:
@@ -97,6 +126,7 @@ def leaky_relu_backward(
     return dy * _leaky_slope(x, negative_slope, _ns(xp, dy))
 
 
+@_underflow_ok
 def sigmoid(z: Array, *, xp: ModuleType | None = None) -> Array:
     """``1 / (1 + exp(-z))`` without overflow: only ``exp(-|z|) <= 1`` is ever taken."""
     xp = _ns(xp, z)
@@ -106,6 +136,7 @@ def sigmoid(z: Array, *, xp: ModuleType | None = None) -> Array:
     return s * (m + e * (1.0 - m))  # s where z >= 0, else e s
 
 
+@_underflow_ok
 def sigmoid_backward(dy: Array, y: Array, *, xp: ModuleType | None = None) -> Array:
     """Gradient of :func:`sigmoid` from its output ``y``: ``dy * y * (1 - y)``."""
     return dy * y * (1.0 - y)
@@ -137,6 +168,7 @@ def gelu_backward(dy: Array, x: Array, *, xp: ModuleType | None = None) -> Array
 
 
 # ---------------------------------------------------------------------------- softmax
+@_underflow_ok
 def log_softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
     """``log(softmax(z))`` along the last axis, shifted by the max so nothing overflows."""
     xp = _ns(xp, z)
@@ -144,6 +176,7 @@ def log_softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
     return s - xp.log(xp.sum(xp.exp(s), axis=-1, keepdims=True))
 
 
+@_underflow_ok
 def softmax(z: Array, *, xp: ModuleType | None = None) -> Array:
     """Softmax along the last axis (SciPy's four-line stable form)."""
     xp = _ns(xp, z)
@@ -170,12 +203,14 @@ def _reduce(per_element: Array, reduction: Reduction, *, xp: ModuleType) -> Arra
     return total / math.prod(per_element.shape) if reduction == "mean" else total
 
 
+@_underflow_ok
 def exp_neg_abs(z: Array, *, xp: ModuleType | None = None) -> Array:
     """``exp(-|z|)``, in (0, 1]: the one exponential the stable sigmoid and BCE forms take."""
     xp = _ns(xp, z)
     return xp.exp(-xp.abs(z))
 
 
+@_underflow_ok
 def bce_with_logits(
     z: Array,
     y: Array,
@@ -193,10 +228,13 @@ def bce_with_logits(
     """
     xp = _ns(xp, z)
     e = exp_neg_abs(z, xp=xp) if e is None else e
-    per_element = xp.maximum(z, 0.0) - z * y + xp.log1p(e)
+    # max(z, 0) as the backend's ReLU: compat's torch maximum(z, 0.0) copies the 0.0 from the
+    # host on each call, which a CUDA graph cannot capture.
+    per_element = kernels_of(xp).relu(z) - z * y + xp.log1p(e)
     return _reduce(per_element, reduction, xp=xp)
 
 
+@_underflow_ok
 def bce_with_logits_backward(
     z: Array,
     y: Array,
@@ -218,6 +256,7 @@ def bce_with_logits_backward(
     return dz * _scale(reduction, math.prod(z.shape))
 
 
+@_underflow_ok
 def cross_entropy(
     logp: Array, target: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
 ) -> Array:
@@ -232,6 +271,7 @@ def cross_entropy(
     return total / logp.shape[0] if reduction == "mean" else total
 
 
+@_underflow_ok
 def cross_entropy_backward(
     logp: Array, target: Array, *, reduction: Reduction = "mean", xp: ModuleType | None = None
 ) -> Array:

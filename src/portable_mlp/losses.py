@@ -53,6 +53,11 @@ class Loss:
     def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
         raise NotImplementedError
 
+    def _l2_divisor(self, rows: int) -> Any:
+        """What scikit-learn divides the L2 term of a batch of ``rows`` rows by (read after
+        :meth:`forward`): the rows."""
+        return rows
+
     def _backward(self, *cache: Any) -> Array:
         raise NotImplementedError
 
@@ -202,6 +207,9 @@ class SampleWeightedLoss(Loss):
 
     def _backward(self, share: Array) -> Array:
         return self.base.backward() * share
+
+    def _l2_divisor(self, rows: int) -> Any:
+        return self.weight_total
 
 
 LOSSES: dict[str, type[Loss]] = {

@@ -5,7 +5,9 @@ made with ``zeros_like`` of the parameters, so it lives on their device with the
 Updates are in place where the backend's arrays are mutable (the parameter objects a user holds
 see the change, as in PyTorch) and functional where they are not (JAX): then the new arrays are
 handed back with ``model.set_parameters``. Step counts and bias corrections are Python numbers on
-the host, so a step never reads a value back from the device.
+the host, so a step never reads a value back from the device. A captured step
+(:func:`portable_mlp.compile_step`) swaps in arrays for the learning rate and step count instead:
+the same formulas then run on the device, and a schedule never forces a recapture.
 """
 
 from __future__ import annotations
@@ -40,8 +42,29 @@ def clip_grad_norm(
     no host sync; the input gradients are not modified.
     """
     norm = global_norm(grads, xp=xp)
-    scale = xp.minimum(max_norm / (norm + 1e-6), 1.0)
+    ratio = max_norm / (norm + 1e-6)
+    # Not minimum(ratio, 1.0): compat's torch wrapper turns the 1.0 into a tensor by a
+    # host-to-device copy, which a CUDA graph cannot capture.
+    scale = xp.minimum(ratio, xp.ones_like(ratio))
     return {k: g * scale for k, g in grads.items()}, norm
+
+
+def l2_term(
+    params: Mapping[str, Array], grads: Mapping[str, Array], scale: float, *, xp: ModuleType
+) -> tuple[dict[str, Array], Array | None]:
+    """scikit-learn's L2 term on the weights (keys ending in ``weight``; not the biases).
+
+    Returns the gradients with ``scale * W`` added (a new dict; the inputs are left alone) and
+    ``sum ||W||^2`` as a 0-d array (``None`` without weights): the loss gains ``scale / 2`` of it.
+    """
+    grads = dict(grads)
+    penalty = None
+    for key, W in params.items():
+        if key.endswith("weight"):
+            grads[key] = grads[key] + scale * W
+            s = xp.sum(W * W)
+            penalty = s if penalty is None else penalty + s
+    return grads, penalty
 
 
 class Optimizer:
@@ -91,10 +114,31 @@ class Optimizer:
                 f"{type(self).__name__}.step() expected gradients for {list(params)}, "
                 f"got {list(grads)}"
             )
+        self.update(params, grads)
+
+    def update(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+        """:meth:`step` without its checks: clip, count, update ``params`` (the model's) from
+        ``grads`` (the same keys)."""
         if self.max_grad_norm is not None:
             grads, _ = clip_grad_norm(grads, self.max_grad_norm, xp=self.xp)
         self.steps += 1
         self._apply(params, grads)
+
+    def init_state(self) -> None:
+        """Make now, as zeros, every state buffer the first step would make, so the state has
+        its final structure before a step is captured (a changed structure retraces)."""
+        names = self._state_names()
+        if not names:
+            return
+        for key, p in self.model.parameters().items():
+            state = self.state.setdefault(key, {})
+            for name in names:
+                if name not in state:
+                    state[name] = self.xp.zeros_like(p)
+
+    def _state_names(self) -> tuple[str, ...]:
+        """The names of the per-parameter state buffers."""
+        return ()
 
     def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Update every parameter; the portable form goes one parameter at a time."""
@@ -166,8 +210,13 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
+    def _state_names(self) -> tuple[str, ...]:
+        # A zero buffer gives the first step's b = g exactly (0 * momentum + g), as none does.
+        return ("momentum",) if self.momentum else ()
+
     def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
-        if self.momentum or self.weight_decay:
+        # add_scaled takes a host number; a captured step's learning rate is an array.
+        if self.momentum or self.weight_decay or not isinstance(self.lr, float):
             super()._apply(params, grads)
             return
         # Plain SGD, p -= lr g: no state, so no per-parameter bookkeeping either.
@@ -220,9 +269,32 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__} eps must be > 0, got {eps!r}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
+        self._corrections: tuple[Any, Any] | None = None
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("m", "v")
+
+    def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+        # The bias corrections are the same for every parameter: computed once a step.
+        b1, b2 = self.betas
+        t: Any = self.steps
+        if isinstance(t, int):
+            c1, root = 1.0 - b1**t, math.sqrt(1.0 - b2**t)
+        else:  # a captured step: the count (and the learning rate) are arrays
+            c1, root = (
+                _one_minus_power(b1, t, self.xp),
+                self.xp.sqrt(_one_minus_power(b2, t, self.xp)),
+            )
+        self._corrections = (self.lr / c1, 1.0 / root)
+        try:
+            super()._apply(params, grads)
+        finally:
+            self._corrections = None  # never keep a traced value past its trace
 
     def _update(self, key: str, p: Array, g: Array) -> Array:
         b1, b2 = self.betas
+        assert self._corrections is not None, "Adam._update runs inside _apply"
+        step_size, inv_root = self._corrections
         if self.weight_decay:
             if self._decoupled:  # AdamW: shrink the weights, leave the gradient alone
                 if self.in_place:
@@ -236,10 +308,14 @@ class Adam(Optimizer):
             state = self.state[key] = {"m": self.xp.zeros_like(p), "v": self.xp.zeros_like(p)}
         m = state["m"] = self._blend(state["m"], b1, g, 1.0 - b1)
         v = state["v"] = self._blend(state["v"], b2, g * g, 1.0 - b2)
-        t = self.steps
-        step_size = self.lr / (1.0 - b1**t)
-        denom = self.xp.sqrt(v) * (1.0 / math.sqrt(1.0 - b2**t)) + self.eps
+        denom = self.xp.sqrt(v) * inv_root + self.eps
         return self._descend(p, step_size * (m / denom))
+
+
+def _one_minus_power(b: float, t: Array, xp: ModuleType) -> Array:
+    """``1 - b**t`` for an array ``t``, as ``-expm1(t log b)``: in float32 the direct form loses
+    five digits to cancellation (``1 - 0.999**1`` comes out 1.3e-5 off)."""
+    return -xp.expm1(t * math.log(b)) if b > 0 else 1.0 - b**t
 
 
 class AdamW(Adam):

@@ -1,4 +1,4 @@
-"""Checking hand-written gradients: finite differences and PyTorch autograd, on any backend.
+"""Checking hand-written gradients, and the test matrix every backend is held to.
 
 :func:`gradcheck` compares a model's backward with two-sided finite differences. Perturbed values
 are built on the host and moved to the parameters' backend and device, so it works the same on
@@ -7,21 +7,46 @@ immutable arrays (JAX) as on mutable ones and never edits an array in place.
 :func:`torch_reference` recomputes a model and loss with PyTorch autograd in float64 on the CPU,
 from the very same parameter values, and :func:`parity` reports the relative error of every
 gradient against it. These are test tools: they read values back to the host.
+
+The test matrix: :func:`cases` lists every installed backend on its default device and, where it
+has one, a non-default device (from the backend table), :data:`TOLERANCE` is the relative error
+allowed per dtype (stated once, for the test suite and ``portable-mlp check``), and
+:func:`assert_close` checks an array's namespace, dtype, device and shape before its values.
+A test suite of one's own can use them as ``tests/conftest.py`` does::
+
+    import pytest
+    from portable_mlp.testing import cases
+
+    CASES = cases()
+
+    @pytest.fixture(params=CASES, ids=[c.label for c in CASES])
+    def case(request):
+        if request.param.skip:
+            pytest.skip(request.param.skip)
+        return request.param
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ._backend import (
+    TABLE,
     Array,
+    Placement,
+    backend_name,
+    backend_of,
     device,
     dtype_name,
     from_numpy,
+    installed_backends,
+    namespace,
     namespace_of,
     placement,
     to_float,
@@ -300,8 +325,7 @@ def parity_report(
     def array(a: np.ndarray) -> Any:
         return where.asarray(a)
 
-    x = rng.normal(size=(7, 5))
-    x = array(np.where(np.abs(x) < 0.05, 0.05, x))
+    x = array(away_from_zero(rng.normal(size=(7, 5))))
     results: dict[str, float] = {}
     modules: dict[str, Module] = {
         "Linear": L.Linear(5, 4, rng=rng, **kw),
@@ -345,3 +369,174 @@ def parity_report(
         )
         results[f"MLP({activation})"] = max(parity(mlp, x, labels, Ls.CrossEntropyLoss()).values())
     return results
+
+
+# ---------------------------------------------------------------------------- the test matrix
+#: Relative error allowed against a float64 reference, by the dtype of the computation: the one
+#: tolerance of the test suite (layers, losses, models, optimizers) and ``portable-mlp check``.
+TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-4}
+
+#: The floating dtypes the test matrix covers.
+DTYPES = ("float32", "float64")
+
+#: The environment variable that limits a test run to some backends (comma-separated names).
+BACKEND_VARIABLE = "PORTABLE_MLP_BACKEND"
+
+
+def selected_backends(spec: str | None = None) -> list[str]:
+    """The backends a test run covers: the comma-separated names in ``spec`` (by default the
+    ``PORTABLE_MLP_BACKEND`` environment variable), or every installed backend when it is empty.
+
+    A name that is unknown or not installed raises :class:`BackendError`: a backend asked for
+    is never skipped silently.
+    """
+    if spec is None:
+        spec = os.environ.get(BACKEND_VARIABLE, "")
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return installed_backends()
+    return [backend_of(namespace(name)).name for name in names]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One backend on one device of the test matrix: what a test needs to build arrays and
+    models there, and to check that results stay there."""
+
+    backend: str
+    device: Any  # as users pass it to device= (None: the backend's default)
+    label: str  # the test id
+    skip: str | None = None  # why this case cannot run on this machine
+
+    def placement(self, dtype: Any = None) -> Placement:
+        """This backend and device with ``dtype`` (None: the backend's default there)."""
+        return placement(self.backend, self.device, dtype)
+
+    @property
+    def xp(self) -> ModuleType:
+        return namespace(self.backend)
+
+    @property
+    def resolved_device(self) -> Any:
+        """The device object arrays here report."""
+        return self.placement().device
+
+    def array(self, host: Any, dtype: Any = None) -> Array:
+        """Host data as an array here: floating data as ``dtype`` (which it needs), integer and
+        boolean data (labels) as the backend's index dtype and bool."""
+        a = np.asarray(host)
+        if dtype is None:
+            if a.dtype.kind not in "iub":
+                raise ValueError(f"Case.array() needs dtype= for {a.dtype} data")
+            return self.placement().asarray(a)
+        where = self.placement(dtype)
+        return where.asarray(a, dtype=where.dtype)
+
+    def model_kwargs(self, dtype: Any) -> dict[str, Any]:
+        """The ``backend=``, ``device=``, ``dtype=`` shorthands every constructor takes."""
+        return {"backend": self.backend, "device": self.device, "dtype": dtype}
+
+
+def cases(backends: Iterable[str] | None = None) -> list[Case]:
+    """The test matrix's cases: each backend (default: every installed one) on each of its test
+    devices, the default and, where the backend has one, a non-default device (so a result
+    that lands on the default device is caught).
+
+    A backend whose devices cannot be listed (CuPy without a CUDA driver) gives one case whose
+    ``skip`` says why. Float64 on JAX needs ``TABLE[name].enable_float64()`` before arrays are
+    made; ``tests/conftest.py`` does it for the backends it selects.
+    """
+    found: list[Case] = []
+    for name in installed_backends() if backends is None else backends:
+        entry = TABLE.get(name) or backend_of(namespace(name))  # a name or an alias
+        try:
+            devices = entry.test_devices()
+        except Exception as exc:  # whatever a missing driver raises (CUDARuntimeError, ...)
+            reason = f"{entry.name} is installed but cannot list its devices: {exc}"
+            found.append(Case(entry.name, None, f"{entry.name}-default", reason))
+            continue
+        if not devices:
+            reason = f"{entry.name} is installed but sees no device"
+            found.append(Case(entry.name, None, f"{entry.name}-default", reason))
+        found.extend(
+            Case(entry.name, d, f"{entry.name}-{'default' if d is None else d}") for d in devices
+        )
+    return found
+
+
+def assert_close(
+    actual: Any,
+    expected: Any,
+    *,
+    case: Case | None = None,
+    placement: Placement | None = None,
+    dtype: Any = None,
+    tol: float | None = None,
+    what: str = "",
+) -> None:
+    """Assert that ``actual`` is an array of the expected placement, close to ``expected``.
+
+    The placement is ``case``'s with ``dtype``, or ``placement`` itself. Namespace, dtype,
+    device and shape are checked before the values (array-api-extra's order), then the relative
+    error (:func:`relative_error`) against ``expected`` (a host array or number computed
+    independently, usually in float64) is held to ``tol``, by default :data:`TOLERANCE` of the
+    dtype.
+    """
+    if case is not None and placement is None:
+        if dtype is None:
+            raise TypeError("assert_close(case=...) needs dtype=")
+        where = case.placement(dtype)
+    elif placement is not None and case is None:
+        where = placement
+        if dtype is not None and dtype_name(dtype) != where.dtype_name:
+            raise TypeError(f"assert_close(): dtype={dtype!r} contradicts {where!r}")
+    else:
+        raise TypeError("assert_close() takes case= (with dtype=) or placement=, one of them")
+    label = f"{what}: " if what else ""
+    try:
+        xp = namespace_of(actual)
+    except TypeError:
+        raise AssertionError(
+            f"{label}expected a {where.name} array, got {type(actual).__name__}"
+        ) from None
+    assert xp is where.xp, f"{label}a {backend_name(xp)} array, expected {where.name}"
+    got = dtype_name(actual.dtype)
+    assert got == where.dtype_name, f"{label}dtype {got}, expected {where.dtype_name}"
+    on = device(actual)
+    assert on == where.device, f"{label}device {on}, expected {where.device}"
+    expected = np.asarray(expected)
+    shape = tuple(actual.shape)
+    assert shape == expected.shape, f"{label}shape {shape}, expected {expected.shape}"
+    err = relative_error(to_numpy(actual), expected)
+    limit = TOLERANCE[where.dtype_name] if tol is None else tol
+    assert err <= limit, f"{label}relative error {err:.3e} > {limit:.0e}"
+
+
+def randomize(
+    model: Module, case: Case, dtype: Any, seed: int = 1, *, biases_only: bool = False
+) -> None:
+    """Give every parameter (or only the biases, which start at zero) N(0, 1) values, drawn on
+    the host from ``seed`` and moved to ``case``'s device in ``dtype``.
+
+    N(0, 1) weights in a deep, wide stack make logits of thousands, and saturated losses then
+    cancel to gradients that are zero up to rounding: use ``biases_only`` there.
+    """
+    rng = np.random.default_rng(seed)
+    model.set_parameters(
+        {
+            k: case.array(rng.normal(size=tuple(v.shape)), dtype)
+            if not biases_only or k.endswith("bias")
+            else v
+            for k, v in model.parameters().items()
+        }
+    )
+
+
+def away_from_zero(a: Any, margin: float = 0.05) -> np.ndarray[Any, Any]:
+    """Host values moved off the kink of ReLU-like functions (``|a| >= margin``), where finite
+    differences and one-sided derivatives disagree."""
+    host: np.ndarray[Any, Any] = np.asarray(a)
+    moved: np.ndarray[Any, Any] = np.where(
+        np.abs(host) < margin, np.sign(host + 1e-12) * margin, host
+    )
+    return moved

@@ -24,9 +24,10 @@ from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
+from .compiled import compile_step
 from .layers import Module
-from .losses import Loss, SampleWeightedLoss
-from .optim import LRScheduler, Optimizer
+from .losses import Loss
+from .optim import LRScheduler, Optimizer, l2_term
 
 Step = Callable[[Array, Array], Array]
 """``step(x, y) -> 0-d batch loss``: one update of the model from a batch (see :func:`fit`)."""
@@ -49,8 +50,9 @@ def train_step(
     """One training step: forward, loss, backward (no dL/dx), L2 term, update.
 
     ``alpha`` is scikit-learn's L2 penalty, ``alpha / 2 ||W||^2 / n_batch`` on weights (not
-    biases), added to the loss and its gradient (with a :class:`SampleWeightedLoss`, over the
-    batch's sum of weights instead of its rows, as scikit-learn). Returns the batch loss as a
+    biases), added to the loss and its gradient (with a
+    :class:`~portable_mlp.losses.SampleWeightedLoss`, over the batch's sum of weights instead
+    of its rows, as scikit-learn). Returns the batch loss as a
     0-d array, without reading it back. ``check=False`` skips the input checks, for loops whose
     data were checked once up front; ``y`` must then be in the loss's working form (float
     one-hot rows for cross-entropy).
@@ -62,19 +64,10 @@ def train_step(
     model._backward(loss.backward(), False)
     grads = model.gradients()
     if alpha:
-        xp = optimizer.xp
-        rows: Any = x.shape[0]
-        if isinstance(loss, SampleWeightedLoss):
-            rows = loss.weight_total  # the batch's sum of weights (0-d), as scikit-learn
-        scale = float(alpha) / rows
-        penalty = None
-        grads = dict(grads)  # a Linear hands out its own dict: leave the layer's gradients alone
-        for key, W in model.parameters().items():
-            if key.endswith("weight"):
-                grads[key] = grads[key] + scale * W
-                s = xp.sum(W * W)
-                penalty = s if penalty is None else penalty + s
-        value = value + (0.5 * scale) * penalty
+        scale = float(alpha) / loss._l2_divisor(x.shape[0])
+        grads, penalty = l2_term(model.parameters(), grads, scale, xp=optimizer.xp)
+        if penalty is not None:
+            value = value + (0.5 * scale) * penalty
     optimizer.step(grads)
     return value
 
@@ -153,6 +146,7 @@ def fit(
     score: metrics.Score | None = None,
     alpha: float = 0.0,
     step: Step | None = None,
+    compile: bool = True,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
     eval_name: str = "eval",
@@ -175,9 +169,11 @@ def fit(
     ``on_stall()`` (:class:`~portable_mlp.optim.AdaptiveLR`) is asked first whether to go on with
     a smaller learning rate. Gradient clipping is the optimizer's ``max_grad_norm``.
 
-    ``step(x, y)`` replaces the eager step ``train_step(model, loss, optimizer, x, y,
-    alpha=alpha)`` (a compiled one, say); its ``y`` is in the loss's working form and ``alpha``
-    then belongs to it. ``callbacks``: objects with ``on_epoch_end`` (:class:`Callback`).
+    Each step is :func:`~portable_mlp.compile_step`'s captured step (``compile=False``: the eager
+    ``train_step(model, loss, optimizer, x, y, alpha=alpha)``; both give the same updates).
+    ``step(x, y)`` replaces either (a step built once and reused across calls, say); its ``y``
+    is in the loss's working form and ``alpha`` then belongs to it. ``callbacks``: objects with
+    ``on_epoch_end`` (:class:`Callback`).
     ``progress``: draw a progress bar on stderr (reading the loss now and then), which calls
     the eval set ``eval_name``. ``history``:
     a :class:`History` to go on from (epochs, curves, best values, the stopping count).
@@ -190,7 +186,9 @@ def fit(
         raise ValueError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     if loss.reduction == "none":
         raise ValueError(f"fit needs a loss reduced to one number per batch, got {loss!r}")
-    if step is None:
+    if step is None and compile:
+        step = compile_step(model, loss, optimizer, alpha=alpha)
+    elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
         raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import Case, assert_close
+from portable_mlp.testing import Case, assert_close
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

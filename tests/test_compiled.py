@@ -1,0 +1,410 @@
+"""The captured step (``pm.compile_step``) against the eager ``pm.train_step``, on every backend.
+
+The eager step is the reference: after the same steps on two copies of a model, parameters,
+gradients, optimizer state and losses agree to CAPTURED_TOL. CUDA-graph paths run only where a
+CUDA device is present; elsewhere their tests skip and say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+import portable_mlp as pm
+from portable_mlp.compiled import StepPlan
+from portable_mlp.testing import Case, assert_close, selected_backends
+
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
+
+# Captured against eager, relative (stated once): the same operations, possibly fused or
+# reordered by a compiler.
+CAPTURED_TOL = {"float64": 1e-12, "float32": 1e-5}
+N, SIZES = 12, [5, 7, 3]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training setup: optimizer, loss and targets, activation, clipping, L2, schedule."""
+
+    optimizer: Callable[[pm.Module], pm.optim.Optimizer]
+    loss: Callable[[], pm.Loss]
+    target: str  # "binary" floats (n, k), "labels" ints (n,), "probs" rows (n, k), "ints" (n, k)
+    activation: str = "relu"
+    alpha: float = 0.0
+    schedule: Callable[[pm.optim.Optimizer], pm.optim.LRScheduler] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+CONFIGS = {
+    "sgd-bce-relu": Config(lambda m: pm.SGD(m, lr=0.1), pm.BCEWithLogitsLoss, "binary"),
+    "nesterov-wd-clip-ce-labels-tanh-l2-steplr": Config(
+        lambda m: pm.SGD(
+            m, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, max_grad_norm=0.5
+        ),
+        pm.CrossEntropyLoss,
+        "labels",
+        "tanh",
+        alpha=0.1,
+        schedule=lambda o: pm.StepLR(o, step_size=2, gamma=0.5),
+    ),
+    "adam-wd-ce-probs-gelu-l2-cosine": Config(
+        lambda m: pm.Adam(m, lr=0.01, weight_decay=0.01),
+        pm.CrossEntropyLoss,
+        "probs",
+        "gelu",
+        alpha=0.05,
+        schedule=lambda o: pm.CosineAnnealingLR(o, T_max=5),
+    ),
+    "adamw-clip-mse-sigmoid": Config(
+        lambda m: pm.AdamW(m, lr=0.01, max_grad_norm=0.1), pm.MSELoss, "probs", "sigmoid"
+    ),
+    "momentum-bce-int-targets-leaky-l2": Config(
+        lambda m: pm.SGD(m, lr=0.1, momentum=0.5),
+        pm.BCEWithLogitsLoss,
+        "ints",
+        "leaky_relu",
+        alpha=0.01,
+    ),
+    "adam-sum-mse-identity": Config(
+        lambda m: pm.Adam(m, lr=0.05, betas=(0.8, 0.9)),
+        lambda: pm.MSELoss(reduction="sum"),
+        "probs",
+        "identity",
+    ),
+}
+
+
+def _batch(case: Case, dtype: str, target: str, seed: int, n: int = N) -> tuple[Any, Any]:
+    rng = np.random.default_rng(seed)
+    x = case.array(rng.normal(size=(n, SIZES[0])), dtype)
+    k = SIZES[-1]
+    if target == "labels":
+        return x, case.array(rng.integers(0, k, size=n))
+    if target == "ints":
+        return x, case.array(rng.integers(0, 2, size=(n, k)))
+    if target == "binary":
+        return x, case.array(rng.integers(0, 2, size=(n, k)).astype(float), dtype)
+    p = rng.random(size=(n, k))
+    return x, case.array(p / p.sum(axis=1, keepdims=True), dtype)
+
+
+def _pair(case: Case, dtype: str, config: Config) -> tuple[Any, ...]:
+    """Two identical (model, loss, optimizer, schedule) setups."""
+    out = []
+    for _ in range(2):
+        model = pm.MLP(SIZES, config.activation, rng=0, **case.model_kwargs(dtype))
+        opt = config.optimizer(model)
+        sched = config.schedule(opt) if config.schedule else None
+        out.append((model, config.loss(), opt, sched))
+    return tuple(out)
+
+
+def _assert_same_state(
+    eager: tuple[Any, ...], captured: tuple[Any, ...], case: Case, dtype: str, what: str
+) -> None:
+    (m1, _, o1, _), (m2, _, o2, _) = eager, captured
+    tol = CAPTURED_TOL[dtype]
+    for name, a, b in (
+        ("parameter", m1.parameters(), m2.parameters()),
+        ("gradient", m1.gradients(), m2.gradients()),
+    ):
+        assert a.keys() == b.keys()
+        for k in a:
+            expected = pm.to_numpy(a[k])
+            assert_close(b[k], expected, case=case, dtype=dtype, tol=tol, what=f"{what} {name} {k}")
+    assert o2.steps == o1.steps, f"{what}: step count {o2.steps} != {o1.steps}"
+    assert o2.lr == o1.lr
+    for key, state in o1.state.items():
+        for name, a in state.items():
+            assert_close(
+                o2.state[key][name],
+                pm.to_numpy(a),
+                case=case,
+                dtype=dtype,
+                tol=tol,
+                what=f"{what} state {key}.{name}",
+            )
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_captured_step_equals_eager_step(case: Case, dtype: str, name: str) -> None:
+    config = CONFIGS[name]
+    eager, captured = _pair(case, dtype, config)
+    m1, l1, o1, s1 = eager
+    m2, l2, o2, s2 = captured
+    step = pm.compile_step(m2, l2, o2, alpha=config.alpha)
+    x, y = _batch(case, dtype, config.target, seed=0)
+    for i in range(10):
+        v1 = pm.train_step(m1, l1, o1, x, y, alpha=config.alpha)
+        v2 = step(x, y)
+        assert_close(
+            v2, pm.to_numpy(v1), case=case, dtype=dtype, tol=CAPTURED_TOL[dtype], what=f"loss {i}"
+        )
+        if s1 is not None and i % 2:  # a new learning rate every other step
+            s1.step()
+            s2.step()
+    _assert_same_state(eager, captured, case, dtype, name)
+
+
+@pytest.mark.parametrize(
+    "name", ["nesterov-wd-clip-ce-labels-tanh-l2-steplr", "momentum-bce-int-targets-leaky-l2"]
+)
+def test_fit_uses_the_captured_step_and_matches_the_eager_loop(
+    case: Case, dtype: str, name: str
+) -> None:
+    """``fit``'s default (the captured step) trains to what ``compile=False`` trains to."""
+    config = CONFIGS[name]
+    (m1, l1, o1, s1), (m2, l2, o2, s2) = _pair(case, dtype, config)
+    x, y = _batch(case, dtype, config.target, seed=5, n=37)  # a short last batch too
+    runs = (((m1, l1, o1, s1), False), ((m2, l2, o2, s2), True))
+    histories = [
+        pm.fit(
+            *parts[:3],
+            x,
+            y,
+            epochs=3,
+            batch_size=16,
+            rng=0,
+            schedule=parts[3],
+            alpha=config.alpha,
+            compile=captured,
+        )
+        for parts, captured in runs
+    ]
+    np.testing.assert_allclose(histories[1].loss, histories[0].loss, rtol=CAPTURED_TOL[dtype])
+    _assert_same_state((m1, l1, o1, s1), (m2, l2, o2, s2), case, dtype, "fit")
+
+
+def _alternate(case: Case, dtype: str, compile_step: Callable[..., Any]) -> None:
+    """Mixing the captured and the eager step, two batch shapes, a new learning rate, rebound
+    parameters and a restored optimizer snapshot: always what the eager step alone leaves."""
+    config = Config(lambda m: pm.Adam(m, lr=0.02, max_grad_norm=1.0), pm.CrossEntropyLoss, "labels")
+    eager, captured = _pair(case, dtype, config)
+    m1, l1, o1, _ = eager
+    m2, l2, o2, _ = captured
+    step = compile_step(m2, l2, o2, alpha=0.01)
+    batches = [_batch(case, dtype, "labels", seed=s, n=N - s % 2) for s in range(3)]
+    snapshots = []
+    for i in range(12):
+        x, y = batches[i % 3]
+        v1 = pm.train_step(m1, l1, o1, x, y, alpha=0.01)
+        if i % 3 == 2:
+            pm.train_step(m2, l2, o2, x, y, alpha=0.01)
+        else:
+            v2 = step(x, y)
+            assert_close(v2, pm.to_numpy(v1), case=case, dtype=dtype, tol=CAPTURED_TOL[dtype])
+        _assert_same_state(eager, captured, case, dtype, f"step {i}")
+        if i == 4:  # a schedule's new rate, and parameters rebound to equal copies
+            o1.lr = o2.lr = 0.005
+            m2.set_parameters(
+                {k: case.xp.asarray(v, copy=True) for k, v in m2.parameters().items()}
+            )
+        if i == 6:
+            snapshots = [o1.state_dict(), o2.state_dict()]
+        if i == 9:  # both back to step 7's optimizer state (rebinding every state array)
+            o1.load_state_dict(snapshots[0])
+            o2.load_state_dict(snapshots[1])
+
+
+def test_step_and_train_step_can_alternate(case: Case, dtype: str) -> None:
+    _alternate(case, dtype, pm.compile_step)
+
+
+def _emulated_capture(plan: StepPlan) -> Any:
+    """A stand-in for a CUDA-graph capture on the CPU: recording runs nothing (its effects are
+    undone), and a replay writes the step's outputs into the recorded ones."""
+
+    def capture(body: Callable[[], Any], warmup: Callable[[], None]) -> Any:
+        warmup()
+        mutated = plan.params() + [a for s in plan.optimizer.state.values() for a in s.values()]
+        saved = [plan.xp.asarray(a, copy=True) for a in mutated]
+        value, grads = body()
+        for a, b in zip(mutated, saved, strict=True):
+            a[...] = b
+
+        def replay() -> None:
+            new_value, new_grads = body()
+            value[...] = new_value
+            for a, b in zip(grads, new_grads, strict=True):
+                a[...] = b
+
+        return replay, (value, grads)
+
+    return capture
+
+
+def test_graph_bookkeeping_with_an_emulated_capture(dtype: str) -> None:
+    """The CUDA-graph step's static buffers, device scalars and rebinding, on torch's CPU."""
+    if "torch" not in SELECTED:
+        pytest.skip("torch is not among this run's backends")
+
+    def graphed(model: Any, loss: Any, opt: Any, *, alpha: float) -> Any:
+        plan = StepPlan(model, loss, opt, alpha)
+        step = plan.graphed(_emulated_capture(plan))
+        steps.append(step)
+        return step
+
+    steps: list[Any] = []
+    _alternate(Case("torch", "cpu", "torch-cpu"), dtype, graphed)
+    assert len(steps[0].graphs) == 2  # one per batch shape
+
+
+def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    traces = []
+    original = StepPlan.captured_step
+
+    def counted(self: StepPlan, *args: Any) -> Any:
+        traces.append(tuple(args[-2].shape))  # runs only while jax.jit traces
+        return original(self, *args)
+
+    monkeypatch.setattr(StepPlan, "captured_step", counted)
+    case = Case("jax", None, "jax")
+    model = pm.MLP(SIZES, rng=0, **case.model_kwargs("float32"))
+    loss, opt = pm.CrossEntropyLoss(), pm.Adam(model, lr=0.01)
+    sched = pm.CosineAnnealingLR(opt, T_max=20)
+    step = pm.compile_step(model, loss, opt)
+    x, y = _batch(case, "float32", "labels", seed=0)
+    for _ in range(20):  # new step count and learning rate every time
+        step(x, y)
+        sched.step()
+    assert traces == [(N, SIZES[0])], traces
+    short = _batch(case, "float32", "labels", seed=1, n=5)  # an epoch's last, short batch
+    step(*short)
+    step(x, y)
+    step(*short)
+    assert traces == [(N, SIZES[0]), (5, SIZES[0])], traces
+    assert opt.steps == 23
+
+
+def _misuse(case: Case) -> list[tuple[str, Any, Any]]:
+    """(what, x, y) batches the eager step refuses (the model is float64)."""
+    x, y = _batch(case, "float64", "labels", seed=0)
+    bad = [
+        ("features", case.array(np.ones((N, SIZES[0] + 1)), "float64"), y),
+        ("1-d x", case.array(np.ones(SIZES[0]), "float64"), y),
+        ("dtype", case.array(np.ones((N, SIZES[0])), "float32"), y),
+        ("labels count", x, case.array(np.zeros(N + 1, dtype=np.int64))),
+        ("labels dtype", x, case.array(np.zeros(N), "float64")),
+        ("list y", x, [0] * N),
+    ]
+    if case.backend != "numpy":
+        bad.append(("numpy x", np.ones((N, SIZES[0])), y))
+        bad.append(("numpy y", x, np.zeros(N, dtype=np.int64)))
+    if case.backend == "array_api_strict":  # strict has a second device
+        other = Case(case.backend, "device1" if case.device is None else None, "other")
+        bad.append(("x device", other.array(np.ones((N, SIZES[0])), "float64"), y))
+        bad.append(("y device", x, other.array(np.zeros(N, dtype=np.int64))))
+    return bad
+
+
+def test_misuse_gives_the_eager_error(case: Case) -> None:
+    model = pm.MLP(SIZES, rng=0, **case.model_kwargs("float64"))
+    opt = pm.SGD(model, lr=0.1)
+    step = pm.compile_step(model, pm.CrossEntropyLoss(), opt)
+    before = {k: pm.to_numpy(v) for k, v in model.parameters().items()}
+    for what, x, y in _misuse(case):
+        with pytest.raises((TypeError, ValueError)) as eager:
+            pm.train_step(model, pm.CrossEntropyLoss(), opt, x, y)
+        with pytest.raises(type(eager.value)) as captured:
+            step(x, y)
+        assert str(captured.value) == str(eager.value), what
+    for k, v in model.parameters().items():  # nothing was updated
+        np.testing.assert_array_equal(pm.to_numpy(v), before[k])
+    assert opt.steps == 0
+
+
+def test_compile_step_refuses_mismatched_parts() -> None:
+    model, other = pm.MLP(SIZES, rng=0), pm.MLP(SIZES, rng=1)
+    with pytest.raises(ValueError, match="the optimizer updates"):
+        pm.compile_step(model, pm.MSELoss(), pm.SGD(other))
+    with pytest.raises(TypeError, match="expected loss as a Loss, got str"):
+        pm.compile_step(model, "mse", pm.SGD(model))  # type: ignore[arg-type]
+
+
+def test_a_single_layer_compiles() -> None:
+    layer, twin = pm.Linear(3, 2, rng=0, dtype="float64"), pm.Linear(3, 2, rng=0, dtype="float64")
+    o1, o2 = pm.SGD(layer, lr=0.1, momentum=0.9), pm.SGD(twin, lr=0.1, momentum=0.9)
+    step = pm.compile_step(twin, pm.MSELoss(), o2, alpha=0.5)
+    x, y = np.ones((4, 3)), np.zeros((4, 2))
+    for _ in range(3):
+        pm.train_step(layer, pm.MSELoss(), o1, x, y, alpha=0.5)
+        step(x, y)
+    for k in ("weight", "bias"):
+        np.testing.assert_array_equal(twin.parameters()[k], layer.parameters()[k])
+        np.testing.assert_array_equal(twin.gradients()[k], layer.gradients()[k])
+
+
+def test_torch_meta_device_step_reads_nothing_back() -> None:
+    """Meta tensors hold no values: any read-back in the step would raise."""
+    import torch
+
+    model = pm.MLP(SIZES, rng=0, backend="torch", device="meta", dtype="float32")
+    opt = pm.Adam(model, lr=0.01, max_grad_norm=1.0)
+    step = pm.compile_step(model, pm.CrossEntropyLoss(), opt, alpha=0.1)
+    x = torch.empty((N, SIZES[0]), device="meta")
+    y = torch.empty((N,), dtype=torch.int64, device="meta")
+    value = step(x, y)
+    assert value.device.type == "meta"
+    assert value.shape == ()
+    assert opt.steps == 1
+
+
+# ---------------------------------------------------------------------------- CUDA graphs
+def _cuda_cases() -> list[Any]:
+    return [
+        pytest.param("torch", id="torch-cuda"),
+        pytest.param("cupy", id="cupy-cuda"),
+    ]
+
+
+def _require_cuda(backend: str) -> Case:
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device here: the torch CUDA-graph step is untested on this run")
+        return Case("torch", "cuda", "torch-cuda")
+    cupy = pytest.importorskip(
+        "cupy", reason="CuPy is not installed: its CUDA-graph step is untested"
+    )
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError and friends where there is no driver
+        pytest.skip(f"no CUDA device for CuPy here ({exc}): its CUDA-graph step is untested")
+    return Case("cupy", None, "cupy-cuda")
+
+
+@pytest.mark.parametrize("backend", _cuda_cases())
+def test_cuda_graph_replays_and_keeps_each_loss(backend: str) -> None:
+    """One graph per batch shape; losses returned earlier are not overwritten by later replays;
+    a schedule's new learning rate reaches the replay."""
+    case = _require_cuda(backend)
+    config = Config(
+        lambda m: pm.Adam(m, lr=0.01, max_grad_norm=1.0),
+        pm.BCEWithLogitsLoss,
+        "binary",
+        schedule=lambda o: pm.CosineAnnealingLR(o, T_max=4),
+    )
+    eager, captured = _pair(case, "float32", config)
+    m1, l1, o1, s1 = eager
+    m2, l2, o2, s2 = captured
+    step = pm.compile_step(m2, l2, o2, alpha=0.01)
+    long, short = _batch(case, "float32", "binary", 0), _batch(case, "float32", "binary", 1, n=5)
+    eager_losses, captured_losses = [], []
+    for i in range(8):
+        x, y = long if i % 3 else short
+        eager_losses.append(pm.train_step(m1, l1, o1, x, y, alpha=0.01))
+        captured_losses.append(step(x, y))
+        s1.step()
+        s2.step()
+    _assert_same_state(eager, captured, case, "float32", "after 8 steps")
+    for i, (a, b) in enumerate(zip(captured_losses, eager_losses, strict=True)):
+        assert_close(a, pm.to_numpy(b), case=case, dtype="float32", tol=1e-5, what=f"loss {i}")
+    graphs = getattr(step, "graphs", {})
+    assert len(graphs) == 2, f"expected one graph per batch shape, got {len(graphs)}"
