@@ -145,10 +145,12 @@ def test_diverging_run_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_reports_every_installed_backend(
-    capsys: pytest.CaptureFixture[str], selected: list[str]
+    capsys: pytest.CaptureFixture[str], selected: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the table keeps to 80 by itself
     status, out, _ = _run(capsys, "check")
     assert status == 0
+    assert max(len(line) for line in out.splitlines()) <= 80, out
     for backend in selected:
         if backend != "cupy":
             assert backend[:8] in out
@@ -168,3 +170,144 @@ def test_python_dash_m() -> None:
         check=True,
     )
     assert done.stdout.strip() == f"portable-mlp {pm.__version__}"
+
+
+# ---------------------------------------------------------------------------- train, as a newcomer
+def test_default_train_ends_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = _run(capsys, "train", "--quiet")
+    assert status == 0 and err == ""  # converged: no "Maximum iterations" note
+    assert _test_accuracy(out) == 0.9912 and "277 epochs" in out
+
+
+def test_progress_names_the_test_split(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _run(capsys, "train", "--epochs", "2")
+    assert (
+        status == 0 and re.search(r"2/2 loss [\d.]+, test [\d.]+", err) and "validation" not in err
+    )
+
+
+def test_stopping_and_clipping_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = _run(capsys, "train", "--tol", "10", "--n-iter-no-change", "2", "--quiet")
+    assert status == 0 and "4 epochs" in out and err == ""  # epoch 1 improves on inf only
+    status, _, err = _run(capsys, "train", "--optimizer", "sgd", "--lr", "1e30", "--quiet")
+    assert status == 1 and "Try a smaller --lr (it was 1e+30) or --max-grad-norm 1." in err
+    argv = ("train", "--optimizer", "sgd", "--lr", "1e38", "--max-grad-norm", "0.5", "--quiet")
+    status, _, err = _run(capsys, *argv, "--dtype", "float32")  # clipped, but beyond float32
+    assert status == 1 and "or a smaller --max-grad-norm." in err
+    status, _, err = _run(capsys, "train", "--max-grad-norm", "0", "--quiet")
+    assert status == 2 and "argument --max-grad-norm: expected a finite float > 0" in err
+
+
+def test_plot_title_kept_epoch_and_formats(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures: list[Figure] = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **k: figures.append(f) or savefig(f, *a, **k)
+    )
+    jpg = tmp_path / "curves.jpg"
+    argv = ("train", "--early-stopping", "--n-iter-no-change", "3", "--lr", "0.01", "--quiet")
+    status, out, _ = _run(capsys, *argv, "--plot", str(jpg))
+    assert status == 0 and jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+    (fig,) = figures
+    assert fig.get_suptitle() == "breast_cancer: MLP 30-64-1 (adam), numpy on cpu, float64"
+    clf_epochs = int(re.search(r"(\d+) epochs", out).group(1))
+    for ax in fig.axes:  # the epoch whose weights early stopping kept, marked on both
+        (kept,) = [line for line in ax.get_lines() if "weights kept" in line.get_label()]
+        assert 1 <= kept.get_xdata()[0] < clf_epochs
+    status, out, err = _run(capsys, "train", "--plot", str(tmp_path / "curves.gif"))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "expected a .png, .jpg, .svg or .pdf file name" in err
+
+
+def test_integer_labels_stay_integers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    X, y = datasets.load("breast_cancer")
+    data = tmp_path / "ints.csv"
+    with data.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", *datasets.feature_names("breast_cancer")])
+        writer.writerows([3 * label + 1, *row] for row, label in zip(X, y, strict=True))
+    model = tmp_path / "m.safetensors"
+    argv = ("train", "--data", str(data), "--target", "label", "--epochs", "5", "--quiet")
+    assert _run(capsys, *argv, "--save", str(model))[0] == 0
+    status, out, _ = _run(capsys, "predict", str(model), str(data))
+    rows = out.splitlines()
+    assert status == 0 and rows[0] == "prediction,proba_1,proba_4"
+    assert {r.split(",")[0] for r in rows[1:]} == {"1", "4"}
+
+
+def test_predict_needs_the_standardizer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = _csv(tmp_path / "cancer.csv")
+    X, y = datasets.load("breast_cancer")
+    labels = np.array(["malignant", "benign"])[y]
+    clf = pm.MLPClassifier((16,), max_iter=50, random_state=0)
+    bare = tmp_path / "bare.safetensors"
+    with pytest.warns(pm.ConvergenceWarning):
+        pm.save(clf.fit(datasets.Standardizer().fit_transform(X), labels), bare)
+    status, out, err = _run(capsys, "predict", str(bare), str(data))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "holds no standardizer" in err and "--unscaled" in err
+    features = tmp_path / "features.csv"  # without stored names: the model's columns only
+    np.savetxt(
+        features,
+        datasets.Standardizer().fit_transform(X),
+        delimiter=",",
+        comments="",
+        header=",".join(datasets.feature_names("breast_cancer")),
+    )
+    status, out, _ = _run(capsys, "predict", str(bare), str(features), "--unscaled")
+    predicted = [row.split(",")[0] for row in out.splitlines()[1:]]
+    assert status == 0 and np.mean(np.array(predicted) == labels) > 0.95
+    raw = tmp_path / "raw.csv"
+    names = datasets.feature_names("breast_cancer")
+    np.savetxt(raw, X, delimiter=",", comments="", header=",".join(names))
+    frame = pd.DataFrame(X, columns=names)
+    # A DataFrame's columns are stored and picked from the file; else the file is the features.
+    for scaler, fit_on, rows in (
+        (StandardScaler(), frame, data),
+        (datasets.Standardizer(), X, raw),
+    ):
+        pipe = make_pipeline(scaler, pm.MLPClassifier((16,), max_iter=50, random_state=0))
+        with pytest.warns(pm.ConvergenceWarning):
+            pipe.fit(fit_on, labels)
+        path = tmp_path / f"{type(scaler).__name__}.safetensors"
+        pm.save(pipe, path)
+        status, out, _ = _run(capsys, "predict", str(path), str(rows))
+        predicted = [row.split(",")[0] for row in out.splitlines()[1:]]
+        assert status == 0 and np.mean(np.array(predicted) == labels) > 0.95
+        assert np.array_equal(pm.load(path).predict(X[:5]), pipe[-1].predict(X[:5]))
+
+
+@pytest.mark.skipif("jax" not in selected_backends(), reason="JAX is not in this run")
+def test_float64_on_jax_from_a_shell(tmp_path: Path) -> None:
+    # A fresh process: this one may have enabled float64 on JAX already (the test matrix does).
+    model, data = tmp_path / "m.safetensors", _csv(tmp_path / "cancer.csv")
+    cli = [sys.executable, "-m", "portable_mlp"]
+    train = [*cli, "train", "--backend", "jax", "--dtype", "float64", "--epochs", "3", "--quiet"]
+    for argv in (
+        [*train, "--save", str(model)],
+        [*cli, "predict", str(model), str(data), "--backend", "jax"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    code = (
+        "import portable_mlp as pm\n"
+        "try:\n"
+        f"    pm.load({str(model)!r}, backend='jax')\n"
+        "except pm.BackendError as exc:\n"
+        "    print(exc)\n"
+        f"back = pm.load({str(model)!r}, backend='jax', dtype='float32')\n"
+        "print(back.model_.placement.dtype_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "holds a float64 model" in done.stdout and "dtype='float32'" in done.stdout
+    assert done.stdout.strip().endswith("float32")  # the dtype name of the loaded model

@@ -79,8 +79,10 @@ def test_csv_numeric_labels(tmp_path: Path) -> None:
     assert names == ["a", "b"]
     np.testing.assert_array_equal(X, [[1.0, 2.5], [-300.0, 4.0]])
     assert X.dtype == np.float64
-    assert y is not None and y.dtype == np.float64
-    np.testing.assert_array_equal(y, [0.0, 1.0])
+    assert y is not None and y.dtype == np.int64  # integers stay integers
+    np.testing.assert_array_equal(y, [0, 1])
+    path = _write(tmp_path, "f.csv", "a,label\n1,0.0\n2,1\n")
+    assert load_file(path, target="label")[1].dtype == np.float64
 
 
 def test_csv_string_labels(tmp_path: Path) -> None:

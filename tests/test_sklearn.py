@@ -650,3 +650,40 @@ def test_a_backend_module_is_kept_by_name() -> None:
         clf.fit(X, y)
     assert clf.model_.backend == "torch"
     assert np.array_equal(pickle.loads(pickle.dumps(clf)).predict(X), clf.predict(X))
+
+
+def test_checkpoints_keep_feature_names_and_new_parameters(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    X, y = _binary()
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    clf = pm.MLPClassifier(
+        (4,),
+        "logistic",
+        learning_rate="invscaling",
+        power_t=0.25,
+        n_iter_no_change=np.inf,
+        max_iter=3,
+        random_state=0,
+    )
+    with QUIET():
+        clf.fit(frame, y)
+    pm.save(clf, tmp_path / "clf.safetensors")
+    back = pm.load(tmp_path / "clf.safetensors")
+    assert back.feature_names_in_.tolist() == ["a", "b", "c", "d"]
+    assert (back.activation, back.power_t, back.n_iter_no_change) == ("logistic", 0.25, np.inf)
+    assert np.array_equal(back.predict_proba(frame), clf.predict_proba(frame))
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        back.predict(frame[["d", "c", "b", "a"]])
+    for steps, error, message in [
+        ((MinMaxScaler(), clf), TypeError, "whose first step standardizes, got MinMaxScaler"),
+        ((StandardScaler(with_std=False), clf), ValueError, "with_mean=True and with_std=True"),
+        ((StandardScaler(), StandardScaler(), clf), TypeError, "a standardizer and an MLPClass"),
+    ]:
+        pipe = make_pipeline(*steps)
+        with QUIET():
+            pipe.fit(X, y)
+        with pytest.raises(error, match=message):
+            pm.save(pipe, tmp_path / "pipe.safetensors")

@@ -50,11 +50,19 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from . import _io
-from ._backend import BACKENDS, Placement, dtype_name, placement, to_numpy
+from ._backend import BACKENDS, BackendError, Placement, dtype_name, placement, to_numpy
 from .layers import ACTIVATIONS, Module
 from .models import from_config
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "load",
+    "read_metadata",
+    "save",
+    "stored_dtype",
+]
 
 FORMAT = "portable_mlp"
 FORMAT_VERSION = "2"
@@ -91,11 +99,15 @@ def save(
     """Write a model (a :class:`Module`) or an estimator to ``path`` as a safetensors file.
 
     ``metadata``: a JSON-able mapping of the caller's own (the command line keeps its
-    standardizer and column names there), read back by :func:`read_metadata`.
+    standardizer and column names there), read back by :func:`read_metadata`. A fitted
+    scikit-learn ``Pipeline`` of a standardizer and an estimator saves the estimator, with the
+    standardizer and column names in the metadata, as ``portable-mlp train --save`` does.
 
     The write is atomic (:mod:`portable_mlp._io`): a crash or an error never leaves a partial
     checkpoint, and an existing file at ``path`` stays as it was until the new one is complete.
     """
+    if hasattr(obj, "steps"):  # a Pipeline: its estimator, and its standardizer in metadata
+        obj, metadata = _estimator_module().unpipe(obj, metadata)
     model, kind, state = _unpack(obj)
     params = model.parameters()
     model_dtype = getattr(model, "dtype", None)  # None: a model without a Linear
@@ -256,8 +268,23 @@ def load(
             ),
         )
     # Resolved outside the guard: a bad backend, device or dtype argument raises its own error.
-    where = placement(backend, device, contents.dtype if dtype is None else dtype)
+    try:
+        where = placement(backend, device, contents.dtype if dtype is None else dtype)
+    except BackendError as exc:
+        if dtype is not None:
+            raise
+        raise BackendError(
+            f"{path} holds a {contents.dtype} model, but {exc}; or load it in another dtype: "
+            f"load(path, backend=..., dtype='float32')"
+        ) from None
     return _guarded(path, lambda: _build(contents, state, where))
+
+
+def stored_dtype(path: str | os.PathLike[str]) -> str:
+    """The dtype a checkpoint's values are stored in, once the file is verified as :func:`load`
+    would: ``"float32"`` or ``"float64"``."""
+    path = os.fspath(path)
+    return _guarded(path, lambda: _read(path)).dtype
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -841,6 +868,10 @@ def _estimator_class(kind: str) -> Any:
     """
     if kind not in _ESTIMATORS:
         return None
-    module = importlib.import_module(f"{__package__}.estimator")
-    cls = getattr(module, kind, None)
+    cls = getattr(_estimator_module(), kind, None)
     return cls if isinstance(cls, type) else None
+
+
+def _estimator_module() -> Any:
+    # Imported on first use: the estimators build on this module, not the other way round.
+    return importlib.import_module(f"{__package__}.estimator")

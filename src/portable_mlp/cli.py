@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import math
 import os
@@ -79,6 +80,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        # argparse reports an unknown option on the top parser; name the command it went with.
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            message = f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)"
+            self.exit(2, f"{prog}: error: {message}\n")
+        return parsed
+
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, an output path whose folder is missing or that is a folder."""
@@ -117,7 +130,28 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
     train.add_argument("--lr", type=_number(float, 0, False), default=1e-3, help="default: 0.001")
     train.add_argument(
-        "--epochs", type=_number(int, 0, False), default=200, help="at most (default: 200)"
+        "--epochs",
+        type=_number(int, 0, False),
+        default=500,
+        help="at most: training stops once the loss stalls (default: 500)",
+    )
+    train.add_argument(
+        "--tol",
+        type=_number(float, 0, True),
+        default=1e-4,
+        help="the least improvement of the loss (or, with --early-stopping, the validation "
+        "accuracy) that counts (default: 1e-4)",
+    )
+    train.add_argument(
+        "--n-iter-no-change",
+        type=_number(int, 0, False),
+        default=10,
+        help="stop after this many epochs in a row without such improvement (default: 10)",
+    )
+    train.add_argument(
+        "--max-grad-norm",
+        type=_number(float, 0, False),
+        help="clip the gradients to this global norm (default: no clipping)",
     )
     train.add_argument("--batch-size", type=_number(int, 0, False), default=64, help="default: 64")
     train.add_argument(
@@ -137,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
         "best weights (default: off, as in scikit-learn)",
     )
     train.add_argument("--save", type=Path, help="write the trained model to this checkpoint")
-    train.add_argument("--plot", type=Path, help="write a PNG of the training curves")
+    train.add_argument(
+        "--plot", type=Path, help="write the training curves: a .png, .jpg, .svg or .pdf file"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
@@ -145,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", type=Path, help="a checkpoint written by train --save")
     predict.add_argument("data", type=Path, help="a .csv or .npz file with the feature columns")
     predict.add_argument("--output", type=Path, help="the CSV to write (default: stdout)")
+    predict.add_argument(
+        "--unscaled",
+        action="store_true",
+        help="use a model saved without a standardizer on the features as they are",
+    )
     _backend_arguments(predict)
     predict.set_defaults(run=_predict)
 
@@ -219,7 +260,7 @@ def _train(args: argparse.Namespace) -> int:
     if not 0.0 < args.test_size < 1.0:
         raise UsageError(f"--test-size must be in (0, 1), got {args.test_size}")
     if args.plot is not None:
-        _matplotlib()  # fail before training, not after
+        _plot_format(args.plot)  # fail before training, not after
     if args.data is not None:
         X, y, names = datasets.load_file(args.data, args.target)
         source = str(args.data)
@@ -242,6 +283,9 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate_init=args.lr,
         max_iter=args.epochs,
+        tol=args.tol,
+        n_iter_no_change=args.n_iter_no_change,
+        max_grad_norm=args.max_grad_norm,
         random_state=args.seed,
         early_stopping=args.early_stopping,
         verbose=not args.quiet,
@@ -249,10 +293,17 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    if args.dtype == "float64":
+        _enable_float64(args.backend)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # ConvergenceWarning is one
-        clf.fit(X_train, y_train, eval_set=(X_test, y_test))  # watched for the curves only
+        try:  # the test split is watched for the curves only
+            clf.fit(X_train, y_train, eval_set=(X_test, y_test), eval_name="test")
+        except TrainingError as exc:  # advice in the command line's terms
+            clip = "a smaller --max-grad-norm" if args.max_grad_norm else "--max-grad-norm 1"
+            advice = f"Try a smaller --lr (it was {args.lr:g}) or {clip}."
+            raise TrainingError(str(exc).replace(TrainingError.advice, advice)) from None
     seconds = time.perf_counter() - start
     _report(clf, source, (X_train, y_train), (X_test, y_test), seconds)
     for w in caught:
@@ -263,9 +314,15 @@ def _train(args: argparse.Namespace) -> int:
         checkpoints.save(clf, args.save, metadata=meta)
         print(f"saved {args.save}")
     if args.plot is not None:
-        _plot(clf, args.plot)
+        _plot(clf, args.plot, source)
         print(f"plotted {args.plot}")
     return 0
+
+
+def _enable_float64(backend: str) -> None:
+    """float64 where the backend must be told before any array is made (JAX): a shell user
+    cannot call jax.config.update."""
+    _backend.TABLE[_backend.backend_name(_backend.namespace(backend))].enable_float64()
 
 
 def _report(
@@ -309,18 +366,41 @@ def _matplotlib() -> Any:
     return importlib.import_module("matplotlib.pyplot")
 
 
-def _plot(clf: MLPClassifier, path: Path) -> None:
+# The formats --plot writes, by file suffix (matplotlib's names).
+_PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
+
+
+def _plot_format(path: Path) -> str:
+    """The image format of ``path`` if it can be written here, else a UsageError saying why."""
+    fmt = _PLOT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--plot {path}: expected a .png, .jpg, .svg or .pdf file name")
+    _matplotlib()
+    if fmt == "jpeg" and importlib.util.find_spec("PIL") is None:
+        raise UsageError(f"--plot {path}: JPEG needs Pillow (pip install pillow); or write .png")
+    return fmt
+
+
+def _plot(clf: MLPClassifier, path: Path, source: str) -> None:
     """Loss and accuracy per epoch: training, the held-out test split (watched, never used to
-    decide anything) and, with early stopping, the validation split it stops on."""
+    decide anything) and, with early stopping, the validation split it stops on and the epoch
+    whose weights it kept."""
     plt = _matplotlib()
     epochs = range(1, len(clf.loss_curve_) + 1)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig.suptitle(
+        f"{source}: MLP {'-'.join(map(str, clf.model_.sizes))} ({clf.solver}), "
+        f"{clf.model_.placement.describe()}"
+    )
     loss_ax.plot(epochs, clf.loss_curve_, label="training")
     if clf.eval_loss_curve_:
         loss_ax.plot(epochs, clf.eval_loss_curve_, label="test (held out)")
         acc_ax.plot(epochs, clf.eval_scores_, label="test (held out)", color="tab:orange")
     if clf.validation_scores_:
         acc_ax.plot(epochs, clf.validation_scores_, label="validation", color="tab:green")
+        kept = 1 + int(np.argmax(clf.validation_scores_))  # the first best: the weights kept
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(kept, color="grey", linestyle="--", label=f"weights kept (epoch {kept})")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (loss_ax, acc_ax):
@@ -328,18 +408,28 @@ def _plot(clf: MLPClassifier, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with _io.atomic_writer(path) as f:
-        fig.savefig(f, format="png", dpi=120)
+        fig.savefig(f, format=_plot_format(path), dpi=120)
     plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- predict
 def _predict(args: argparse.Namespace) -> int:
+    if (args.dtype or checkpoints.stored_dtype(args.model)) == "float64":
+        _enable_float64(args.backend)
     clf = checkpoints.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     if not isinstance(clf, MLPClassifier):
         raise CheckpointError(
             f"{args.model}: holds a {type(clf).__name__}, not a trained classifier"
         )
     names, scaler = _preprocessing(args.model, checkpoints.read_metadata(args.model))
+    if scaler is None and not args.unscaled:
+        raise UsageError(
+            f"{args.model} holds no standardizer, so the scale of its features is unknown: save "
+            "it with one (pm.save(make_pipeline(StandardScaler(), clf), path)), or pass "
+            "--unscaled if it takes the features as they are"
+        )
+    if names is None and hasattr(clf, "feature_names_in_"):
+        names = clf.feature_names_in_.tolist()
     X, _, _ = datasets.load_file(args.data, features=names)
     if scaler is not None:
         X = scaler.transform(X)
@@ -379,6 +469,7 @@ def _preprocessing(
 
 # ---------------------------------------------------------------------------- check
 def _check(args: argparse.Namespace) -> int:
+    from rich import box
     from rich.table import Table
 
     from .testing import TOLERANCE, parity_report, reference_missing
@@ -390,24 +481,36 @@ def _check(args: argparse.Namespace) -> int:
     for entry in _backend.TABLE.values():  # float64 where it must be enabled, before any array
         if entry.installed():
             entry.enable_float64()
-    table = Table(title="gradient parity against PyTorch autograd (float64 reference)")
-    for column in ("backend", "device", "dtype", "max rel. error", "worst", "tolerance", "result"):
-        table.add_column(column)
+    # Within 80 columns: no outer border, short headers, and what is long (a GPU's name, why a
+    # row was skipped) in notes under the table.
+    table = Table(
+        title="gradients against PyTorch autograd (float64)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("backend", "device", "dtype", "rel. error", "worst", "limit", "result"):
+        table.add_column(column, justify="right" if column in ("rel. error", "limit") else "left")
     failed = False
+    notes: dict[str, None] = {}  # in order, once each
     for name, device in _usable_devices():
+        label, _, model = _device_label(name, device).partition(" (")
+        if model:
+            notes[f"{label}: {model.rstrip(')')}"] = None
         for dtype in ("float64", "float32"):
             try:
                 errors = parity_report(name, device, dtype)
             except (ValueError, TypeError) as exc:  # e.g. a device without float64
-                label = _device_label(name, device)
-                table.add_row(name, label, dtype, "-", "-", "-", f"skipped: {exc}")
+                notes[f"{name} on {label}, {dtype}: skipped: {str(exc).splitlines()[0]}"] = None
+                table.add_row(name, label, dtype, "-", "-", "-", "skipped")
                 continue
             worst = max(errors, key=lambda k: errors[k])
             ok = errors[worst] <= TOLERANCE[dtype]
             failed |= not ok
             table.add_row(
                 name,
-                _device_label(name, device),
+                label,
                 dtype,
                 f"{errors[worst]:.2e}",
                 worst,
@@ -415,6 +518,8 @@ def _check(args: argparse.Namespace) -> int:
                 "pass" if ok else "FAIL",
             )
     console().print(table)
+    for note in notes:
+        console().print(note, soft_wrap=False)
     return 1 if failed else 0
 
 

@@ -235,7 +235,8 @@ def _load_csv(
 
 
 def _labels(file: Path, target: str, values: list[str]) -> NDArray[Any]:
-    """Float64 labels if every one is a number, an object array of str if none is."""
+    """Int64 labels if every one is an integer, float64 if every one is a number, an object
+    array of str if none is."""
     numbers: list[float] = []
     first_text = None  # the row of the first label that is not a number
     for i, value in enumerate(values):
@@ -244,7 +245,10 @@ def _labels(file: Path, target: str, values: list[str]) -> NDArray[Any]:
         except ValueError:
             first_text = i if first_text is None else first_text
     if first_text is None:
-        return np.array(numbers, dtype=np.float64)
+        labels = np.array(numbers, dtype=np.float64)
+        # "3" stays the integer 3, so that it comes back as "3", not "3.0"; "3.0" is a float
+        integral = all(v.strip().lstrip("+-").isdigit() for v in values)
+        return labels.astype(np.int64) if integral else labels
     if numbers:  # "1" next to "a": is 1 a class name or a number? Refused rather than guessed.
         first_number = next(i for i, v in enumerate(values) if _is_number(v))
         raise DataError(
@@ -370,7 +374,9 @@ class Standardizer:
         p = getattr(self, "mean_", None)
         return "Standardizer()" if p is None else f"Standardizer(p={p.shape[0]})"
 
-    def fit(self, X: ArrayLike, *, feature_names: Sequence[str] | None = None) -> Standardizer:
+    def fit(
+        self, X: ArrayLike, y: Any = None, *, feature_names: Sequence[str] | None = None
+    ) -> Standardizer:
         """Learn ``mean_: (p,)`` and ``scale_: (p,)`` from ``X: (n, p)``; returns self.
 
         Values so large that a column's mean or standard deviation overflows float64 are a
@@ -403,10 +409,19 @@ class Standardizer:
         return Z
 
     def fit_transform(
-        self, X: ArrayLike, *, feature_names: Sequence[str] | None = None
+        self, X: ArrayLike, y: Any = None, *, feature_names: Sequence[str] | None = None
     ) -> NDArray[np.float64]:
-        """``fit(X)`` then ``transform(X)``."""
+        """``fit(X)`` then ``transform(X)`` (``y`` is ignored, as in a scikit-learn Pipeline)."""
         return self.fit(X, feature_names=feature_names).transform(X)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """No parameters: what scikit-learn's ``clone`` asks, in a Pipeline."""
+        return {}
+
+    def set_params(self, **params: Any) -> Standardizer:
+        if params:
+            raise ValueError(f"Standardizer has no parameters, got {sorted(params)}")
+        return self
 
     def to_dict(self) -> dict[str, list[float]]:
         """The fitted statistics as JSON-ready lists: ``{"mean": [...], "scale": [...]}``."""

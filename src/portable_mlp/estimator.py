@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -642,6 +642,42 @@ def _check_number(who: str, key: str, value: Any, interval: str) -> None:
         if above and below:
             return
     raise ValueError(f"{who} {key} must be a finite number in {interval}, got {value!r}")
+
+
+def unpipe(obj: Any, metadata: Mapping[str, Any] | None) -> tuple[_BaseMLP, dict[str, Any]]:
+    """What :func:`~portable_mlp.checkpoints.save` writes for a fitted scikit-learn
+    ``Pipeline`` of a standardizer (``StandardScaler`` or
+    :class:`~portable_mlp.datasets.Standardizer`) and one of these estimators: the estimator,
+    with the standardizer's statistics and the column names in the metadata, where
+    ``portable-mlp predict`` finds them."""
+    steps = list(obj.steps)
+    names = [type(step).__name__ for _, step in steps]
+    if len(steps) != 2 or not isinstance(steps[1][1], _BaseMLP):
+        raise TypeError(
+            "save() takes a Pipeline of a standardizer and an MLPClassifier or MLPRegressor, "
+            f"got one of {names}"
+        )
+    scaler, est = steps[0][1], steps[1][1]
+    est._check_fitted()
+    mean, scale = getattr(scaler, "mean_", None), getattr(scaler, "scale_", None)
+    if not (isinstance(scaler, datasets.Standardizer) or names[0] == "StandardScaler"):
+        raise TypeError(f"save() takes a Pipeline whose first step standardizes, got {names[0]}")
+    if mean is None or scale is None:
+        raise ValueError(
+            f"save() needs the Pipeline's {names[0]} fitted, with a mean and a scale (a "
+            "StandardScaler with with_mean=True and with_std=True)"
+        )
+    stats = {k: _validation.as_host(v, k).tolist() for k, v in (("mean", mean), ("scale", scale))}
+    if len(stats["mean"]) != est.n_features_in_:
+        raise ValueError(
+            f"the Pipeline's {names[0]} has {len(stats['mean'])} features, its "
+            f"{names[1]} {est.n_features_in_}"
+        )
+    user: dict[str, Any] = {"standardizer": stats}
+    columns = getattr(scaler, "feature_names_in_", getattr(est, "feature_names_in_", None))
+    if columns is not None:
+        user["feature_names"] = [str(c) for c in columns]
+    return est, {**user, **(metadata or {})}
 
 
 def _backend_spelling(backend: Any) -> Any:

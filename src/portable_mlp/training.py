@@ -36,6 +36,8 @@ Step = Callable[[Array, Array], Array]
 class TrainingError(FloatingPointError):
     """The loss or the weights became non-finite; the model keeps its last finite weights."""
 
+    advice = "Try a smaller learning rate or set max_grad_norm."
+
 
 def train_step(
     model: Module,
@@ -485,5 +487,5 @@ class _Run:
         raise TrainingError(
             f"training diverged: the {what} became non-finite at epoch {epoch}, {where} of "
             f"{len(self.bounds)}; the model keeps the last finite weights (after {kept} step(s) "
-            f"of epoch {epoch}). Try a smaller learning rate or set max_grad_norm."
+            f"of epoch {epoch}). {TrainingError.advice}"
         )
