@@ -311,3 +311,14 @@ def test_float64_on_jax_from_a_shell(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "holds a float64 model" in done.stdout and "dtype='float32'" in done.stdout
     assert done.stdout.strip().endswith("float32")  # the dtype name of the loaded model
+
+
+def test_an_unknown_option_is_one_line_naming_its_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = _run(capsys, "train", "--bogus", "1")
+    assert status == 2 and out == ""
+    assert err == (
+        "portable-mlp train: error: unrecognized arguments: --bogus 1 "
+        "(see portable-mlp train --help)\n"
+    )

@@ -95,8 +95,6 @@ def _estimator_checks() -> list[Any]:
                     marks = [pytest.mark.xfail(reason=_FLOAT32_ROUNDING)] * (
                         name.split("(")[0] in expected
                     )
-                    if dtype == "float32":  # the same code as float64, a minute more
-                        marks.append(pytest.mark.slow)
                     label = f"{cls.__name__}-{backend}-{dtype or 'default'}-{name}"
                     params.append(pytest.param(estimator, check, marks=marks, id=label))
     return params

@@ -54,10 +54,10 @@ def train_step(
     ``alpha`` is scikit-learn's L2 penalty, ``alpha / 2 ||W||^2 / n_batch`` on weights (not
     biases), added to the loss and its gradient (with a
     :class:`~portable_mlp.losses.SampleWeightedLoss`, over the batch's sum of weights instead
-    of its rows, as scikit-learn). Returns the batch loss as a
-    0-d array, without reading it back. ``check=False`` skips the input checks, for loops whose
-    data were checked once up front; ``y`` must then be in the loss's working form (float
-    one-hot rows for cross-entropy).
+    of its rows, as scikit-learn). Returns the batch loss as a 0-d array, without reading it
+    back. ``check=False`` skips the input checks, for loops whose data were checked once up
+    front; ``y`` must then be in the loss's working form (float one-hot rows for
+    cross-entropy).
     """
     if check:
         value = loss.forward(model.forward(x), y)
