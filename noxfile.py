@@ -2,7 +2,13 @@
 
 Each ``tests(<backend>)`` session installs only that backend, plus PyTorch as the reference the
 gradients are checked against, and sets ``PORTABLE_MLP_BACKEND`` so a missing backend is an
-error rather than a silent skip. Set ``PIP_CONSTRAINT`` to pin a torch build (CI does).
+error rather than a silent skip.
+
+Environments are made by uv where it is installed (``pip install "nox[uv]"``): every session
+still installs all it needs from the project's files, but a package (PyTorch above all) is
+downloaded once into uv's cache and hard-linked into each environment, not copied. Without uv,
+nox falls back to virtualenv and pip. To pin a torch build, set ``UV_CONSTRAINT`` (and
+``PIP_CONSTRAINT`` for the fallback); CI does.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import subprocess
 
 import nox
 
+nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
+nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests", "reference", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -24,6 +32,7 @@ BACKEND_PACKAGES = {
     "jax": ["jax"],
     "cupy": ["cupy-cuda12x"],
 }
+PYTEST = ("pytest", "--ignore=tests/reference")
 
 
 def _has_nvidia_gpu() -> bool:
@@ -31,6 +40,14 @@ def _has_nvidia_gpu() -> bool:
     if smi is None:
         return False
     return subprocess.run([smi, "-L"], capture_output=True, check=False).returncode == 0
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    session.log(
+        "installing the package, its test tools and PyTorch (the reference): a first run "
+        "downloads PyTorch once into uv's cache (on Linux from PyPI a CUDA build, about 3 GB)"
+    )
+    session.install(*packages, silent=False)
 
 
 @nox.session
@@ -41,13 +58,8 @@ def tests(session: nox.Session, backend: str) -> None:
         session.skip(
             "cupy: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu-check.sh on one"
         )
-    session.install("-e", ".", *TEST_DEPS, *BACKEND_PACKAGES[backend])
-    session.run(
-        "pytest",
-        "--ignore=tests/reference",
-        *session.posargs,
-        env={"PORTABLE_MLP_BACKEND": backend},
-    )
+    _install(session, "-e", ".", *TEST_DEPS, *BACKEND_PACKAGES[backend])
+    session.run(*PYTEST, *session.posargs, env={"PORTABLE_MLP_BACKEND": backend})
 
 
 @nox.session
