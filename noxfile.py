@@ -1,8 +1,9 @@
-"""Sessions: ``nox -s tests`` (one run per backend), ``reference``, ``lint``, ``typecheck``.
+"""Sessions: ``nox -s tests`` (one per backend), ``lowest``, ``reference``, ``lint``, ``typecheck``.
 
 Each ``tests(<backend>)`` session installs only that backend, plus PyTorch as the reference the
 gradients are checked against, and sets ``PORTABLE_MLP_BACKEND`` so a missing backend is an
-error rather than a silent skip.
+error rather than a silent skip. ``lowest`` runs the NumPy suite with the package's own
+dependencies at the lowest versions pyproject.toml allows.
 
 Environments are made by uv where it is installed (``pip install "nox[uv]"``): every session
 still installs all it needs from the project's files, but a package (PyTorch above all) is
@@ -17,10 +18,11 @@ import shutil
 import subprocess
 
 import nox
+from packaging.requirements import Requirement
 
 nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "reference", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lowest", "reference", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -42,6 +44,17 @@ def _has_nvidia_gpu() -> bool:
     return subprocess.run([smi, "-L"], capture_output=True, check=False).returncode == 0
 
 
+def _floors(requirements: list[str]) -> list[str]:
+    """``name>=x`` -> ``name==x`` for every requirement with a lower bound."""
+    pins = []
+    for text in requirements:
+        req = Requirement(text)
+        lows = [spec.version for spec in req.specifier if spec.operator in (">=", "~=", "==")]
+        if lows:
+            pins.append(f"{req.name}=={lows[0]}")
+    return pins
+
+
 def _install(session: nox.Session, *packages: str) -> None:
     session.log(
         "installing the package, its test tools and PyTorch (the reference): a first run "
@@ -60,6 +73,22 @@ def tests(session: nox.Session, backend: str) -> None:
         )
     _install(session, "-e", ".", *TEST_DEPS, *BACKEND_PACKAGES[backend])
     session.run(*PYTEST, *session.posargs, env={"PORTABLE_MLP_BACKEND": backend})
+
+
+@nox.session
+def lowest(session: nox.Session) -> None:
+    """The suite on NumPy with the package's dependencies at their declared floors."""
+    floors = _floors(PYPROJECT["project"]["dependencies"])
+    _install(session, "-e", ".", *TEST_DEPS, *floors)
+    names = [pin.split("==")[0] for pin in floors]
+    session.run(
+        "python",
+        "-c",
+        "import sys; from importlib.metadata import version; "
+        "print('installed:', *(f'{n}=={version(n)}' for n in sys.argv[1:]))",
+        *names,
+    )
+    session.run(*PYTEST, *session.posargs, env={"PORTABLE_MLP_BACKEND": "numpy"})
 
 
 @nox.session
