@@ -58,7 +58,7 @@ def _floors(requirements: list[str]) -> list[str]:
 def _install(session: nox.Session, *packages: str) -> None:
     session.log(
         "installing the package, its test tools and PyTorch (the reference): a first run "
-        "downloads PyTorch once into uv's cache (on Linux from PyPI a CUDA build, about 3 GB)"
+        "downloads PyTorch once into uv's cache (on Linux from PyPI a CUDA build, several GB)"
     )
     session.install(*packages, silent=False)
 
