@@ -34,6 +34,9 @@ BACKEND_PACKAGES = {
     "jax": ["jax"],
     "cupy": ["cupy-cuda12x"],
 }
+# Optional stacks whose tests need a session of their own backend: ONNX export (a checkpoint
+# from torch or JAX exports what one from NumPy does) and the Dask recipes (NumPy models).
+EXTRAS = {"numpy": "[onnx,dask]", "torch": "[onnx]", "jax": "[onnx]"}
 PYTEST = ("pytest", "--ignore=tests/reference")
 
 
@@ -71,7 +74,8 @@ def tests(session: nox.Session, backend: str) -> None:
         session.skip(
             "cupy: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu-check.sh on one"
         )
-    _install(session, "-e", ".", *TEST_DEPS, *BACKEND_PACKAGES[backend])
+    package = "." + EXTRAS.get(backend, "")
+    _install(session, "-e", package, *TEST_DEPS, *BACKEND_PACKAGES[backend])
     session.run(*PYTEST, *session.posargs, env={"PORTABLE_MLP_BACKEND": backend})
 
 
