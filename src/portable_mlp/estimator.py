@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from . import _backend, _validation, checkpoints, datasets, metrics, optim
+from . import _backend, _validation, checkpoints, datasets, distributed, metrics, optim
 from . import functional as F
 from ._backend import Array
 from .layers import Module
@@ -263,7 +263,7 @@ class _BaseMLP:
     def _init_model(self, n_features: int) -> None:
         # One generator per fresh model: the same random_state gives the same fit every time.
         # It draws the initial weights, then the validation split, then each epoch's order.
-        self._generator = _backend.host_rng(self.random_state)
+        self._generator = _rank_agreed_rng(self.random_state)
         self.model_ = MLP(
             [n_features, *self._hidden_sizes(), self.n_outputs_],
             self.activation,
@@ -273,6 +273,8 @@ class _BaseMLP:
             dtype=self.dtype,
             init="xavier_uniform",
         )
+        if distributed.is_initialized() and self.model_.placement.mutable:
+            distributed.broadcast_parameters(self.model_)  # rank 0's weights, as one process
         self.n_features_in_ = n_features
         self.loss_curve_ = []
         self.validation_scores_ = [] if self.early_stopping else None
@@ -351,7 +353,7 @@ class _BaseMLP:
         for key in checkpoints.FITTED_ATTRIBUTES[cls.__name__] & fitted.keys():
             setattr(est, key, fitted[key])
         est._no_improvement = 0
-        est._generator = _backend.host_rng(est.random_state)
+        est._generator = _rank_agreed_rng(est.random_state)
         est._optimizer = est._make_optimizer()
         return est
 
@@ -386,6 +388,18 @@ class _BaseMLP:
 
     def _first_partial_fit(self, y: Any, n: int, classes: Any) -> None:
         raise NotImplementedError
+
+
+def _rank_agreed_rng(random_state: int | None) -> Any:
+    """The generator of the initial weights, the validation split and every epoch's order.
+
+    Under ``torchrun`` every rank trains on its share of the same global batches (``batch_size``
+    rows over all ranks; :func:`~portable_mlp.training.fit`), so all draw from one seed: without
+    ``random_state``, rank 0's fresh seed.
+    """
+    if random_state is None and distributed.is_initialized():
+        random_state = distributed.shared_seed()
+    return _backend.host_rng(random_state)
 
 
 # The fitted attributes that go on in training.fit's History: attribute -> History field.
