@@ -2,9 +2,10 @@
 
 ``python distributed_worker.py OUT [RDV]``: joins the process group (``RDV``: a file rendezvous,
 with RANK and WORLD_SIZE in the environment; without it, torchrun's environment), trains the
-scenarios of :data:`SCENARIOS` (those named in ``$SCENARIOS``, comma-separated, if set)
-data-parallel and writes what the test compares to ``OUT/rank<r>.npz``. The single-process
-reference is computed by the test itself, from the same functions. ``$TORCH_DEVICE`` puts the
+scenarios of :data:`SCENARIOS` and :data:`FIT_SCENARIOS` (those named in ``$SCENARIOS``,
+comma-separated, if set) data-parallel and writes what the test compares to
+``OUT/rank<r>.npz``. The single-process reference is computed by the test itself, from the same
+functions. ``$TORCH_DEVICE`` puts the
 torch models on another device (``cuda``), ``$DIST_BACKEND`` picks torch.distributed's backend.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ SCENARIOS = [
     ("torch-adam", "torch", "adam", "sampler"),
     ("strict-adam", "array_api_strict", "adam", "sampler"),
     ("numpy-sgd-n_local", "numpy", "sgd", "n_local"),
+]
+
+
+# pm.fit and the estimator, which find the process group themselves (numpy, float64).
+FIT_SCENARIOS = [
+    "fit-classifier",
+    "fit-unseeded",
+    "fit-stopping",
+    "fit-validation",
+    "fit-diverging",
 ]
 
 
@@ -81,6 +93,39 @@ def train(
     return curve
 
 
+def fit_scenario(name: str) -> dict[str, Any]:
+    """One of :data:`FIT_SCENARIOS`, as its script would run it in one process or under
+    torchrun (the same code): what the test compares."""
+    X, y = data()
+    if name == "fit-diverging":  # the first update overflows: every rank must raise alike
+        model, _ = make("numpy", "sgd", seed=SEED)
+        opt = pm.SGD(model, lr=1e300)
+        Xd, yd = pm.asarray(X, like=model), pm.asarray(y, like=model)
+        try:
+            pm.fit(model, pm.CrossEntropyLoss(), opt, Xd, yd, epochs=2, batch_size=BATCH, rng=0)
+            message = "trained"
+        except pm.TrainingError as exc:
+            message = str(exc)
+        return {"error": np.asarray(message), **{f"end/{k}": v for k, v in params(model).items()}}
+    kwargs: dict[str, Any] = {"max_iter": 3, "random_state": SEED, "alpha": ALPHA}
+    if name == "fit-unseeded":  # rank 0's seed, drawn and shared by the estimator
+        kwargs.update(random_state=None, max_iter=2)
+    elif name == "fit-stopping":  # sklearn's rule on the training loss, summed over the ranks
+        kwargs.update(max_iter=200, tol=2e-2, n_iter_no_change=2, learning_rate_init=0.02)
+    elif name == "fit-validation":  # on a validation split drawn alike on every rank
+        kwargs.update(max_iter=200, early_stopping=True, n_iter_no_change=2, tol=1e-2)
+    clf = pm.MLPClassifier((16,), batch_size=BATCH, dtype="float64", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pm.ConvergenceWarning)
+        clf.fit(X, y)
+    result = {f"end/{k}": v for k, v in params(clf.model_).items()}
+    result["n_iter"] = np.asarray(clf.n_iter_)
+    result["curve"] = np.asarray(clf.loss_curve_)
+    if clf.validation_scores_ is not None:
+        result["validation"] = np.asarray(clf.validation_scores_)
+    return result
+
+
 def main(out: Path, rendezvous: str | None) -> None:
     import torch
 
@@ -110,14 +155,26 @@ def main(out: Path, rendezvous: str | None) -> None:
         result[f"{name}/curve"] = np.asarray(curve)
         for key, value in params(model).items():
             result[f"{name}/end/{key}"] = value
+    for name in FIT_SCENARIOS:
+        if not chosen or name in chosen.split(","):
+            for key, value in fit_scenario(name).items():
+                result[f"{name}/{key}"] = value
     try:  # models that differ between ranks: refused on every rank, not a hang
         dist.broadcast_parameters(pm.MLP([FEATURES, 8 + r, CLASSES], rng=0))
         result["mismatch"] = np.asarray("broadcast")
     except ValueError as exc:
         result["mismatch"] = np.asarray(str(exc).partition(" (rank")[0])
+    try:  # another shuffle seed on every rank: refused on every rank, before any step
+        model, optimizer = make("numpy", "sgd", seed=0)
+        Xd, yd = (pm.asarray(a, like=model) for a in data())
+        pm.fit(model, pm.CrossEntropyLoss(), optimizer, Xd, yd, epochs=1, batch_size=BATCH, rng=r)
+        result["fit-mismatch"] = np.asarray("trained")
+    except ValueError as exc:
+        result["fit-mismatch"] = np.asarray(str(exc).partition(" (rank")[0])
     result["seed"] = np.asarray(dist.shared_seed())  # drawn on rank 0, equal on every rank
     result["mean"] = np.asarray(dist.all_reduce_mean(float(r + 1), weight=r + 1))
     result["means"] = np.asarray(dist.all_reduce_mean([r, 10.0 * r]))
+    result["sums"] = np.asarray(dist.all_reduce_sum([r, 1.0]))
     np.savez(out / f"rank{r}.npz", **result)
     dist.shutdown()
 

@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 RTOL_F64 = 1e-12
 
 SCENARIOS = [s for s in worker.SCENARIOS if s[1] in SELECTED]
+FIT_SCENARIOS = worker.FIT_SCENARIOS if "numpy" in SELECTED else []
+needs_numpy = pytest.mark.skipif("numpy" not in SELECTED, reason="numpy is not selected")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -76,7 +78,7 @@ def gloo_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndar
     if not SCENARIOS:
         pytest.skip("no backend of the multi-process scenarios is selected")
     tmp = tmp_path_factory.mktemp("gloo")
-    names = ",".join(s[0] for s in SCENARIOS)
+    names = ",".join([*(s[0] for s in SCENARIOS), *FIT_SCENARIOS])
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "distributed_worker.py"), str(tmp), str(tmp / "rdv")],
@@ -150,12 +152,51 @@ def test_broadcast_parameters_refuses_models_that_differ(gloo_run: list[dict[str
         assert str(result["mismatch"]) == "broadcast_parameters(): the ranks' models differ"
 
 
-def test_all_reduce_mean_weights_each_rank(gloo_run: list[dict[str, Any]]) -> None:
+def test_fit_refuses_ranks_that_would_not_line_up(gloo_run: list[dict[str, Any]]) -> None:
+    for result in gloo_run:
+        assert str(result["fit-mismatch"]) == (
+            "fit(distributed=True): the ranks differ in their data, batch size, epochs or rng"
+        )
+
+
+def test_all_reduce_mean_weights_each_rank_and_sum_adds(gloo_run: list[dict[str, Any]]) -> None:
     for result in gloo_run:
         assert result["mean"] == pytest.approx(
             (1 * 1 + 2 * 2) / 3, rel=1e-15
         )  # value r+1, weight r+1
         np.testing.assert_allclose(result["means"], [0.5, 5.0], rtol=1e-15)
+        assert list(result["sums"]) == [1.0, 2.0]
+
+
+@functools.cache
+def fit_reference(name: str) -> dict[str, Any]:
+    """A fit scenario in this process, outside any process group: one process."""
+    assert not dist.is_initialized()
+    return worker.fit_scenario(name)
+
+
+# fit-unseeded draws rank 0's fresh seed: held only to the ranks being bitwise equal.
+@pytest.mark.parametrize("scenario", [s for s in FIT_SCENARIOS if s != "fit-unseeded"])
+def test_fit_and_estimator_match_one_process(gloo_run: list[dict[str, Any]], scenario: str) -> None:
+    """pm.fit and MLPClassifier.fit under a process group: 255 rows in global batches of 64
+    (shards of 32/32, then 32/31), the L2 term, the stopping rules and divergence, as one
+    process has them; the ranks stop, and fail, at the same epoch and step."""
+    ref = fit_reference(scenario)
+    for r, result in enumerate(gloo_run):
+        got = {k.partition("/")[2]: v for k, v in result.items() if k.startswith(f"{scenario}/")}
+        assert got.keys() == ref.keys(), f"rank {r}"
+        for key, expected in ref.items():
+            if expected.dtype.kind in "iU":  # epochs run, the divergence message
+                assert np.array_equal(got[key], expected), f"rank {r} {scenario} {key}"
+                continue
+            scale = np.max(np.abs(expected)) if key.startswith("end/") else 0.0
+            np.testing.assert_allclose(
+                got[key], expected, rtol=1e-10, atol=1e-10 * scale, err_msg=f"rank {r} {key}"
+            )
+    if scenario in ("fit-stopping", "fit-validation"):
+        assert 3 <= int(ref["n_iter"]) < 200  # it did stop early, after some epochs
+    if scenario == "fit-diverging":
+        assert "non-finite at epoch 1, step 2 of 4" in str(ref["error"])
 
 
 def test_torchrun_launch(tmp_path: Path) -> None:
@@ -178,6 +219,40 @@ def test_torchrun_launch(tmp_path: Path) -> None:
     for key in first:
         assert np.array_equal(first[key], second[key]), f"ranks differ in {key}"
     _assert_matches_reference(first, "numpy-adam")
+
+
+@needs_numpy
+def test_cli_train_under_torchrun(tmp_path: Path) -> None:
+    """`torchrun ... -m portable_mlp train` trains data-parallel: the model one process saves,
+    within float64 rounding, and one report (rank 0's)."""
+    common = ["train", "--dataset", "digits", "--dtype", "float64", "--epochs", "3", "--quiet"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    runs = {
+        "torchrun": [*launch, "2", "-m", "portable_mlp", *common],
+        "one": [sys.executable, "-m", "portable_mlp", *common],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [*cmd, "--save", str(tmp_path / f"{name}.safetensors")],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, cmd in runs.items()
+    }
+    outputs = {name: p.communicate(timeout=180)[0] for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, f"{name}: exit {p.returncode}\n{outputs[name]}"
+    for name, out in outputs.items():
+        assert out.count("digits: MLP 64-64-10") == 1, f"{name}:\n{out}"
+        assert out.count("saved ") == 1, f"{name}:\n{out}"
+    many, one = (pm.load(tmp_path / f"{n}.safetensors") for n in ("torchrun", "one"))
+    assert many.n_iter_ == one.n_iter_ == 3
+    for key, expected in worker.params(one.model_).items():
+        got = worker.params(many.model_)[key]
+        scale = np.max(np.abs(expected))
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * scale, err_msg=key)
 
 
 @pytest.mark.parametrize(("backend", "world"), [("gloo", 2), ("nccl", 1)])
@@ -221,6 +296,8 @@ def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (dist.rank(), dist.world_size()) == (0, 1)
     assert dist.all_reduce_mean(2.5, weight=3) == 2.5
     assert dist.all_reduce_mean([1.0, 2.0]) == [1.0, 2.0]
+    assert dist.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+    assert dist.all_ranks_equal([1.0, 2.0])
     assert dist.shared_seed(7) == 7
     assert dist.shared_seed() != dist.shared_seed()  # fresh draws
     dist.barrier()
@@ -237,6 +314,47 @@ def test_one_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
         models.append(worker.params(model))
     for key in models[0]:
         assert np.array_equal(models[0][key], models[1][key])
+
+
+@needs_numpy
+def test_fit_distributed_alone_is_the_plain_fit() -> None:
+    """fit(distributed=True) outside a process group: the eager step with every row, the same
+    epochs, curves and weights as the plain (captured) fit."""
+    X, y = worker.data()
+    runs = []
+    for distributed in (None, True):
+        model, optimizer = worker.make("numpy", "adam", seed=0)
+        Xd, yd = pm.asarray(X, like=model), pm.asarray(y, like=model)
+        history = pm.fit(
+            model,
+            pm.CrossEntropyLoss(),
+            optimizer,
+            Xd[:200],
+            yd[:200],
+            epochs=3,
+            batch_size=worker.BATCH,
+            rng=1,
+            alpha=worker.ALPHA,
+            validation=(Xd[200:], yd[200:]),
+            distributed=distributed,
+        )
+        runs.append((history, worker.params(model)))
+    (plain, plain_params), (alone, alone_params) = runs
+    assert alone.loss == plain.loss and alone.validation_scores == plain.validation_scores
+    for key, value in plain_params.items():
+        assert np.array_equal(alone_params[key], value), key
+
+
+@needs_numpy
+def test_fit_distributed_refuses_what_it_cannot_average() -> None:
+    X, y = worker.data()
+    model, optimizer = worker.make("numpy", "sgd", seed=0)
+    step = pm.compile_step(model, pm.CrossEntropyLoss(), optimizer)
+    with pytest.raises(TypeError, match="makes its own step"):
+        pm.fit(model, pm.CrossEntropyLoss(), optimizer, X, y, epochs=1, step=step, distributed=True)
+    summed = pm.CrossEntropyLoss(reduction="sum")
+    with pytest.raises(ValueError, match="reduction='mean', got 'sum'"):
+        pm.fit(model, summed, optimizer, X, y, epochs=1, distributed=True)
 
 
 def test_init_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,6 +478,9 @@ def test_jax_mesh_matches_one_device(tmp_path: Path) -> None:
         assert str(result[f"{opt}/placement"]) == (
             "Placement('jax', device='mesh(batch=2; cpu:0, cpu:1)', dtype='float64')"
         )
+    # pm.fit splits each batch whose rows the 2 devices divide: 64 rows, then 63 kept whole.
+    assert list(result["fit/split"]) == [True, False, True, False]
+    for opt in ("sgd", "adam", "fit"):
         for key in ("0.weight", "0.bias", "2.weight", "2.bias"):
             expected = result[f"{opt}/one/{key}"]
             np.testing.assert_allclose(

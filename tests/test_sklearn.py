@@ -303,6 +303,21 @@ def test_sample_weighted_loss_matches_torch_autograd(base: Any) -> None:
     assert float(loss.weight_total) == pytest.approx(w.sum())
 
 
+def test_distributed_fit_refuses_row_weights() -> None:
+    model = pm.MLP([3, 2], rng=0, dtype="float64")
+    X, Y = np.zeros((4, 3)), np.ones((4, 3))  # targets (4, 2) and their weights
+    with pytest.raises(ValueError, match="not by row weights"):
+        pm.fit(
+            model,
+            losses.SampleWeightedLoss(pm.MSELoss()),
+            pm.SGD(model),
+            X,
+            Y,
+            epochs=1,
+            distributed=True,
+        )
+
+
 def test_zero_weights_remove_rows_exactly(case: Case) -> None:
     X, y = _blobs(90)
     w = np.random.default_rng(1).integers(0, 3, size=len(y)).astype(float)

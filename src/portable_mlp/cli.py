@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__, _backend, _io, checkpoints, datasets, estimator
+from . import __version__, _backend, _io, checkpoints, datasets, distributed, estimator
 from ._progress import console
 from ._validation import check_class_labels, encode_labels
 from .checkpoints import CheckpointError
@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", type=Path, help="write the training curves: a .png, .jpg, .svg or .pdf file"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train_on_every_rank)
 
     predict = commands.add_parser("predict", help="predict with a checkpoint; CSV out")
     predict.add_argument("model", type=Path, help="a checkpoint written by train --save")
@@ -252,6 +252,18 @@ def _number(kind: type, bound: float | None = None, inclusive: bool = True) -> A
 
 
 # ---------------------------------------------------------------------------- train
+def _train_on_every_rank(args: argparse.Namespace) -> int:
+    """``train``, data-parallel when ``torchrun`` launched it: every rank trains its share of
+    each global batch (``--batch-size`` rows over all ranks), rank 0 reports and writes."""
+    distributed.init()  # torchrun's process group; nothing under plain python
+    try:
+        if args.device == "cuda" and distributed.is_initialized():
+            args.device = f"cuda:{distributed.local_rank()}"  # one GPU per process
+        return _train(args)
+    finally:
+        distributed.shutdown()
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.data is None and args.target is not None:
         raise UsageError("--target goes with --data")
@@ -305,6 +317,8 @@ def _train(args: argparse.Namespace) -> int:
             advice = f"Try a smaller --lr (it was {args.lr:g}) or {clip}."
             raise TrainingError(str(exc).replace(TrainingError.advice, advice)) from None
     seconds = time.perf_counter() - start
+    if distributed.rank() != 0:  # the ranks hold the same model: one report, one file
+        return 0
     _report(clf, source, (X_train, y_train), (X_test, y_test), seconds)
     for w in caught:
         if issubclass(w.category, estimator.ConvergenceWarning):

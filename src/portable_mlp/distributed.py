@@ -55,7 +55,7 @@ import math
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -67,7 +67,9 @@ from .optim import Optimizer
 __all__ = [
     "DistributedOptimizer",
     "DistributedSampler",
+    "all_ranks_equal",
     "all_reduce_mean",
+    "all_reduce_sum",
     "barrier",
     "broadcast_parameters",
     "init",
@@ -190,8 +192,7 @@ def broadcast_parameters(model: Module, src: int = 0) -> None:
     # Differing models would deadlock or garble the broadcast: compare a fingerprint first.
     fingerprint = [float(sum(sizes)), float(len(sizes))]
     fingerprint.append(float(sum((i + 1) * s for i, s in enumerate(sizes))))
-    high = _collectives.all_reduce_host([*fingerprint, *(-v for v in fingerprint)], op="max")
-    if high[:3] != [-v for v in high[3:]]:
+    if not all_ranks_equal(fingerprint):
         raise ValueError(
             f"broadcast_parameters(): the ranks' models differ (rank {rank()} has "
             f"{len(sizes)} arrays of {sum(sizes)} values: {model!r})"
@@ -224,6 +225,30 @@ def all_reduce_mean(value: float | Sequence[float], *, weight: float = 1.0) -> f
     return values if isinstance(value, Sequence) else values[0]
 
 
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """Host numbers summed over all ranks, in one collective (float64); outside a process group
+    they come back as they are.
+
+    For totals a loop decides on (an epoch's summed loss, how many ranks stayed finite), exact
+    where a mean's division and remultiplication would round.
+    """
+    values = [float(v) for v in values]
+    return _collectives.all_reduce_host(values) if is_initialized() else values
+
+
+def all_ranks_equal(values: Sequence[float]) -> bool:
+    """Whether every rank holds the same host numbers (one collective; True outside a group).
+
+    For what must agree before a collective loop starts (the data's rows, the batch size, the
+    shuffle seed): ranks that differ would deadlock or train on garbled batches.
+    """
+    values = [float(v) for v in values]
+    if not is_initialized():
+        return True
+    high = _collectives.all_reduce_host([*values, *(-v for v in values)], op="max")
+    return high[: len(values)] == [-v for v in high[len(values) :]]
+
+
 def shared_seed(seed: int | None = None) -> int:
     """``seed`` if given, else one fresh random seed, the same on every rank (rank 0's).
 
@@ -252,6 +277,9 @@ def _split(flat: Array, like: Mapping[str, Array], *, xp: Any) -> dict[str, Arra
 # --------------------------------------------------------------------------------------------
 # Batches and gradients
 # --------------------------------------------------------------------------------------------
+_Rows = TypeVar("_Rows", np.ndarray[Any, Any], range)
+
+
 class DistributedSampler:
     """Each rank's rows of every global batch: one shuffle (the same seed on every rank), each
     global batch split into ``world_size`` contiguous parts, as even as they can be.
@@ -336,8 +364,9 @@ class DistributedSampler:
             for s in range(0, len(self) * self.batch_size, self.batch_size)
         ]
 
-    def shard(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """This rank's contiguous part of a global batch (the first ranks get a row more)."""
+    def shard(self, batch: _Rows) -> _Rows:
+        """This rank's contiguous part of a global batch (the first ranks get a row more): of
+        its row indices, or of a ``range`` of row positions."""
         base, extra = divmod(len(batch), self.world_size)
         start = self.rank * base + min(self.rank, extra)
         return batch[start : start + base + (self.rank < extra)]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _backend, _validation, checkpoints, datasets, metrics, optim
+from . import _backend, _validation, checkpoints, datasets, distributed, metrics, optim
 from . import functional as F
 from ._backend import Array, Placement
 from .layers import ACTIVATIONS, Module
@@ -449,7 +449,7 @@ class _BaseMLP:
     def _init_model(self, n_features: int, where: Placement) -> None:
         # One generator per fresh model: the same random_state gives the same fit every time.
         # It draws the initial weights, then the validation split, then each epoch's order.
-        self._generator = _backend.host_rng(self.random_state)
+        self._generator = _rank_agreed_rng(self.random_state)
         self.model_ = MLP(
             [n_features, *self._hidden_sizes(), self.n_outputs_],
             self.activation,
@@ -457,6 +457,8 @@ class _BaseMLP:
             init="xavier_uniform",
             placement=where,
         )
+        if distributed.is_initialized() and self.model_.placement.mutable:
+            distributed.broadcast_parameters(self.model_)  # rank 0's weights, as one process
         self.n_features_in_ = n_features
         self.loss_curve_ = []
         self.validation_scores_ = [] if self.early_stopping else None
@@ -558,7 +560,7 @@ class _BaseMLP:
         for key in checkpoints.FITTED_ATTRIBUTES[cls.__name__] & fitted.keys():
             setattr(est, key, fitted[key])
         est._no_improvement = 0
-        est._generator = _backend.host_rng(est.random_state)
+        est._generator = _rank_agreed_rng(est.random_state)
         est._optimizer, est._schedule = est._make_optimizer()
         return est
 
@@ -598,6 +600,18 @@ class _BaseMLP:
     ) -> tuple[NDArray[np.float64], Any]:
         """Float targets ``(n, k)`` for the loss, and the labels to stratify by (or None)."""
         raise NotImplementedError
+
+
+def _rank_agreed_rng(random_state: int | None) -> Any:
+    """The generator of the initial weights, the validation split and every epoch's order.
+
+    Under ``torchrun`` every rank trains on its share of the same global batches (``batch_size``
+    rows over all ranks; :func:`~portable_mlp.training.fit`), so all draw from one seed: without
+    ``random_state``, rank 0's fresh seed.
+    """
+    if random_state is None and distributed.is_initialized():
+        random_state = distributed.shared_seed()
+    return _backend.host_rng(random_state)
 
 
 # The fitted attributes that go on in training.fit's History: attribute -> History field.

@@ -13,6 +13,7 @@ whole never exists.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import operator
@@ -20,13 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import distributed as dist
 from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
 from .compiled import compile_step
 from .layers import Module
-from .losses import Loss
+from .losses import Loss, SampleWeightedLoss
 from .optim import LRScheduler, Optimizer, l2_term
 
 Step = Callable[[Array, Array], Array]
@@ -153,6 +155,7 @@ def fit(
     progress: bool = False,
     eval_name: str = "eval",
     history: History | None = None,
+    distributed: bool | None = None,
 ) -> History:
     """Train ``model`` for up to ``epochs`` passes over ``X: (n, p)`` and targets ``Y``.
 
@@ -183,18 +186,52 @@ def fit(
     If the loss or a weight becomes non-finite, the epoch is replayed up to the last step that
     kept them finite and :class:`TrainingError` names the epoch and step; the model keeps those
     weights and ``history`` the epochs before.
+
+    ``distributed``: train data-parallel over the ranks of a ``torchrun`` process group
+    (:mod:`~portable_mlp.distributed`); default: whenever this process is in a group of two or
+    more and the model's arrays can take the in-place collectives (not JAX, which splits its
+    batches over the mesh of the model's device instead). Every rank passes the same model
+    (:func:`~portable_mlp.distributed.broadcast_parameters`), the whole data set and the same
+    ``rng`` seed: all ranks walk the same epoch order, ``batch_size`` is the global batch, and
+    each rank steps on its contiguous share of every batch with the eager step (the gradients
+    averaged by a :class:`~portable_mlp.distributed.DistributedOptimizer` around ``optimizer``,
+    its rows weighting it). The epoch loss is summed over the ranks, so stopping, schedules and
+    divergence decide alike everywhere; the validation and eval sets are scored whole on every
+    rank (the same weights give the same values). The result is one process's with the same
+    global batch, to rounding. Only rank 0 draws the progress bar.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     if loss.reduction == "none":
         raise ValueError(f"fit needs a loss reduced to one number per batch, got {loss!r}")
-    if step is None and compile:
+    where = optimizer.placement
+    if distributed is None:  # torch.distributed's collectives work in place
+        distributed = dist.is_initialized() and dist.world_size() > 1 and where.mutable
+    if distributed:
+        if step is not None:
+            raise TypeError("fit(distributed=True) makes its own step; got step=")
+        if loss.reduction != "mean":
+            raise ValueError(
+                "fit(distributed=True) averages each rank's gradient by its rows: it needs a "
+                f"loss with reduction='mean', got {loss.reduction!r}"
+            )
+        if isinstance(loss, SampleWeightedLoss):
+            raise ValueError(
+                "fit(distributed=True) averages each rank's gradient by its rows, not by row "
+                f"weights: {loss!r} (sample_weight) trains in one process only"
+            )
+        if isinstance(optimizer, dist.DistributedOptimizer):  # wrapped again, for fit's rows
+            optimizer = optimizer.optimizer
+        optimizer = dist.DistributedOptimizer(optimizer)  # its sampler: the run's shares
+        # alpha / n_local on each rank, weighted by n_local / n_global: alpha / n_global in all.
+        share = alpha / dist.world_size()
+        step = functools.partial(train_step, model, loss, optimizer, alpha=share, check=False)
+    elif step is None and compile:
         step = compile_step(model, loss, optimizer, alpha=alpha)
     elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
         raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")
-    where = optimizer.placement
     val = None if validation is None else _working_data(where, model, loss, *validation, "X_val")
     ev = None if eval_set is None else _working_data(where, model, loss, *eval_set, "X_eval")
     # The train set goes last: a cross-entropy loss remembers whether its targets were labels,
@@ -202,14 +239,31 @@ def fit(
     data = _working_data(where, model, loss, X, Y, "X")
     if score is None and (val is not None or ev is not None):
         score = metrics.for_loss(loss)
-    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score)
+    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score, distributed)
     history = _resumed(History() if history is None else history, val, ev)
+    if distributed and shuffle and rng is None:
+        rng = dist.shared_seed()  # rank 0's fresh seed: one epoch order for all ranks
     order_rng = host_rng(rng) if shuffle else None
+    if distributed:
+        _check_ranks_agree(run, epochs, order_rng)
+    progress = progress and dist.rank() == 0
     with EpochProgress(epochs, eval_name) if progress else contextlib.nullcontext() as bar:
         best = run.epochs(epochs, history, order_rng, schedule, early_stopping, callbacks, bar)
     if best is not None:  # the weights of the best validation score
         model.set_parameters(best)
     return history
+
+
+def _check_ranks_agree(run: _Run, epochs: int, order_rng: Any) -> None:
+    """Refuse, on every rank alike, ranks whose steps would not line up."""
+    probe = -1.0 if order_rng is None else copy.deepcopy(order_rng).random()  # the next order
+    batch = run.bounds[0][1]
+    if not dist.all_ranks_equal([run.n, batch, epochs, probe]):
+        raise ValueError(
+            f"fit(distributed=True): the ranks differ in their data, batch size, epochs or rng "
+            f"(rank {dist.rank()}: {run.n} rows, batches of {batch}, {epochs} epochs); every "
+            "rank passes the whole data set, the same arguments and the same rng seed"
+        )
 
 
 def _working_data(
@@ -288,6 +342,7 @@ class _Run:
         validation: tuple[Array, Array] | None,
         eval_set: tuple[Array, Array] | None,
         score: metrics.Score | None,
+        distributed: bool,
     ) -> None:
         self.model, self.loss, self.optimizer, self.step = model, loss, optimizer, step
         self.where: Placement = optimizer.placement
@@ -299,6 +354,14 @@ class _Run:
         self.n = n = self.X.shape[0]
         batch = min(batch_size, n)
         self.bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
+        # The rows this process steps on: each batch, or (distributed) this rank's share of it,
+        # which the sampler also hands the optimizer as the weight of its gradients.
+        self.sampler, self.shards, self.ranks = None, self.bounds, 1
+        if distributed:
+            assert isinstance(optimizer, dist.DistributedOptimizer)
+            self.sampler = optimizer.sampler = dist.DistributedSampler(n, batch, shuffle=False)
+            shares = [self.sampler.shard(range(s, e)) for s, e in self.bounds]
+            self.shards, self.ranks = [(r.start, r.stop) for r in shares], self.sampler.world_size
         # A mean loss times the batch's rows sums the epoch's loss; a summed loss already does.
         self.per_row = loss.reduction == "mean"
 
@@ -360,8 +423,9 @@ class _Run:
             xp, dtype = self.xp, self.where.dtype
             values = self.where.to_host(xp.stack([xp.astype(p, dtype) for p in parts]))  # the read
         total, finite, *scores = (float(v) for v in values)
+        total, finite = self._agreed([total, finite])
         loss = total / self.n
-        if not (math.isfinite(loss) and finite == 1.0):
+        if not (math.isfinite(loss) and finite == self.ranks):
             with self.where.floating_point_errors_quiet():
                 self._recover(epoch, snapshot, order, step_losses)
         history.n_epochs, history.samples = epoch, history.samples + self.n
@@ -419,13 +483,27 @@ class _Run:
 
     def _steps(self, order: _Order, bar: EpochProgress | None) -> list[Array]:
         """Every batch once; each step's summed loss as a 0-d array (no read-back)."""
-        out = []
-        for s, e in self.bounds:
-            value = self.step(*self._batch(order, s, e))
+        out, rows = [], 0
+        for s, e in self.shards:
+            value = self._step(order, s, e)
             out.append(value * float(e - s) if self.per_row else value)
+            rows += e - s
             if bar is not None:
-                bar.step(out, e)
+                bar.step(out, rows)
         return out
+
+    def _step(self, order: _Order, s: int, e: int) -> Array:
+        """One step on rows ``s:e`` of the epoch's order."""
+        if self.sampler is not None:
+            self.sampler.rows = e - s  # this rank's weight in the averaged gradient
+        x, y = self._batch(order, s, e)
+        # On a JAX mesh the rows are split over its devices; elsewhere this passes them through.
+        return self.step(dist.shard_batch(x, like=self.where), dist.shard_batch(y, like=self.where))
+
+    def _agreed(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks (one collective): every rank decides on the same
+        numbers. As they are outside distributed training."""
+        return values if self.sampler is None else dist.all_reduce_sum(values)
 
     def _batch(self, order: _Order, s: int, e: int) -> tuple[Array, Array]:
         """Rows ``s:e`` of the epoch's order, gathered on the device (a slice if unshuffled);
@@ -472,12 +550,13 @@ class _Run:
     def _recover(self, epoch: int, snapshot: Any, order: _Order, step_losses: list[Array]) -> None:
         """Replay the epoch up to the last step that kept loss and weights finite, then raise."""
         to_float = self.where.to_host  # the failure path: a read per step is fine here
-        values = [float(to_float(v)) for v in step_losses]
+        values = self._agreed([float(to_float(v)) for v in step_losses])
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), len(values))
         self._restore(snapshot)
         good, kept = snapshot, 0
-        for i, (s, e) in enumerate(self.bounds[:bad]):
-            self.step(*self._batch(order, s, e))
+        for i, (s, e) in enumerate(self.shards[:bad]):
+            self._step(order, s, e)
+            # The ranks' weights are bitwise equal (one averaged gradient): they break alike.
             if not bool(self.where.to_host(self._finite())):
                 break
             good, kept = self._snapshot(), i + 1
