@@ -338,3 +338,30 @@ def test_estimator_misuse(cancer: Any) -> None:
     _fit(clf.set_params(max_iter=1), X_tr, y_tr)
     with pytest.raises(ValueError, match="X has 5 features, but MLPClassifier is expecting 30"):
         clf.predict(X_tr[:, :5])
+
+
+def test_fit_captures_the_step_once_and_partial_fit_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A capture pays over many epochs: ``fit`` makes one per call, ``partial_fit`` (one epoch
+    a call, where JAX would trace and compile anew each time) uses the eager step."""
+    from portable_mlp import training
+
+    made = []
+    real = training.compile_step
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "compile_step", counting)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, size=40)
+    clf = pm.MLPClassifier((4,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # three epochs do not converge
+        clf.fit(X, y)
+    assert len(made) == 1
+    for _ in range(3):
+        clf.partial_fit(X, y)
+    assert len(made) == 1

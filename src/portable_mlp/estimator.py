@@ -397,6 +397,9 @@ class _BaseMLP:
                 eval_set=None if watched is None else on_device(*watched),
                 early_stopping=rule,
                 alpha=self.alpha,
+                # A capture is made per call: it pays over many epochs, not over partial_fit's
+                # one (on JAX a fresh trace and compilation per call would cost more than it saves).
+                compile=epochs > 1,
                 progress=bool(self.verbose),
                 eval_name=eval_name,
                 history=history,
