@@ -207,6 +207,40 @@ def fit(
     where = optimizer.placement
     if distributed is None:  # torch.distributed's collectives work in place
         distributed = dist.is_initialized() and dist.world_size() > 1 and where.mutable
+    optimizer, step = _the_step(model, loss, optimizer, step, alpha, compile, distributed)
+    val = None if validation is None else _working_data(where, model, loss, *validation, "X_val")
+    ev = None if eval_set is None else _working_data(where, model, loss, *eval_set, "X_eval")
+    # The train set goes last: a cross-entropy loss remembers whether its targets were labels,
+    # and that must hold for the training steps.
+    data = _working_data(where, model, loss, X, Y, "X")
+    if score is None and (val is not None or ev is not None):
+        score = metrics.for_loss(loss)
+    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score, distributed)
+    history = _resumed(History() if history is None else history, val, ev)
+    if distributed and shuffle and rng is None:
+        rng = dist.shared_seed()  # rank 0's fresh seed: one epoch order for all ranks
+    order_rng = host_rng(rng) if shuffle else None
+    if distributed:
+        _check_ranks_agree(run, epochs, order_rng)
+    progress = progress and dist.rank() == 0
+    with EpochProgress(epochs, eval_name) if progress else contextlib.nullcontext() as bar:
+        best = run.epochs(epochs, history, order_rng, schedule, early_stopping, callbacks, bar)
+    if best is not None:  # the weights of the best validation score
+        model.set_parameters(best)
+    return history
+
+
+def _the_step(
+    model: Module,
+    loss: Loss,
+    optimizer: Optimizer,
+    step: Step | None,
+    alpha: float,
+    compile: bool,
+    distributed: bool,
+) -> tuple[Optimizer, Step]:
+    """The optimizer and step :func:`fit` runs: the captured step, the eager one, the caller's,
+    or (across processes) the eager step through a :class:`DistributedOptimizer`."""
     if distributed:
         if step is not None:
             raise TypeError("fit(distributed=True) makes its own step; got step=")
@@ -232,26 +266,7 @@ def fit(
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
         raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")
-    val = None if validation is None else _working_data(where, model, loss, *validation, "X_val")
-    ev = None if eval_set is None else _working_data(where, model, loss, *eval_set, "X_eval")
-    # The train set goes last: a cross-entropy loss remembers whether its targets were labels,
-    # and that must hold for the training steps.
-    data = _working_data(where, model, loss, X, Y, "X")
-    if score is None and (val is not None or ev is not None):
-        score = metrics.for_loss(loss)
-    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score, distributed)
-    history = _resumed(History() if history is None else history, val, ev)
-    if distributed and shuffle and rng is None:
-        rng = dist.shared_seed()  # rank 0's fresh seed: one epoch order for all ranks
-    order_rng = host_rng(rng) if shuffle else None
-    if distributed:
-        _check_ranks_agree(run, epochs, order_rng)
-    progress = progress and dist.rank() == 0
-    with EpochProgress(epochs, eval_name) if progress else contextlib.nullcontext() as bar:
-        best = run.epochs(epochs, history, order_rng, schedule, early_stopping, callbacks, bar)
-    if best is not None:  # the weights of the best validation score
-        model.set_parameters(best)
-    return history
+    return optimizer, step
 
 
 def _check_ranks_agree(run: _Run, epochs: int, order_rng: Any) -> None:
