@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib.util
 import io
 import math
 import os
@@ -25,8 +26,8 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
-from conftest import SELECTED, Case
 from portable_mlp import losses
+from portable_mlp.testing import Case, selected_backends
 
 pytest.importorskip("sklearn")
 from sklearn.exceptions import (
@@ -36,6 +37,7 @@ from sklearn.exceptions import (
 )
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
+SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 ROOT = Path(__file__).resolve().parent.parent
 # scikit-learn's array-API checks need SciPy imported with SCIPY_ARRAY_API=1; a normal run leaves
 # them out and runs them in a fresh process (test_scikit_learn_dispatch_in_a_fresh_process).
@@ -121,9 +123,18 @@ def test_scikit_learn_dispatch_in_a_fresh_process() -> None:
     out = result.stdout
     assert result.returncode == 0, out[-4000:]
     passed = re.findall(r"^PASSED .*$", out, flags=re.MULTILINE)
-    # numpy, array-api-strict, and (with torch) torch on the CPU in two dtypes, the mixed-input
-    # check and the check that predict refuses another namespace, for both estimators
-    assert len([p for p in passed if "check_array_api" in p]) >= (14 if "torch" in SELECTED else 6)
+    # scikit-learn's array-API checks ran, for both estimators, on every namespace this session
+    # has: NumPy always, array-api-strict where installed, torch where selected
+    namespaces = ["numpy"]
+    if importlib.util.find_spec("array_api_strict") is not None:
+        namespaces.append("array_api_strict")
+    if "torch" in SELECTED:
+        namespaces.append("torch")
+    for namespace in namespaces:
+        ran = [p for p in passed if f"check_array_api_input(array_namespace={namespace}," in p]
+        assert {"MLPClassifier", "MLPRegressor"} <= {p.split("[")[1].split("-")[0] for p in ran}, (
+            f"no array-API check passed on {namespace}:\n{out[-4000:]}"
+        )
     assert any("test_array_api_pipeline" in p for p in passed) == ("torch" in SELECTED), out
 
 
