@@ -179,8 +179,7 @@ def test_classifier_matches_predict_and_predict_proba(
     assert _dims(proto.graph.input[0]) == ["N", N_FEATURES]
     assert _dims(proto.graph.output[0]) == ["N"]
     assert _dims(proto.graph.output[1]) == ["N", len(est.classes_)]
-    if kind == "binary":  # the softmax head keeps ndonnx's empty-batch guards (Size -> If)
-        assert not _ops(proto) & SHAPE_READERS, "a node reads the batch size"
+    assert not _ops(proto) & SHAPE_READERS, "a node reads the batch size"
     session = _session(path)
     for n in BATCHES:
         X = _inputs(dtype, n)

@@ -167,8 +167,11 @@ def _classifier_head(est: Any, z: Array, ndx: ModuleType) -> dict[str, Array]:
         p = F.sigmoid(z, xp=ndx)
         proba = ndx.concat([1.0 - p, p], axis=1)  # (n, 2)
         index = ndx.astype(z[:, 0] > 0, ndx.int64)
-    else:  # k logits: cross-entropy's softmax
-        proba = F.softmax(z, xp=ndx)  # (n, k)
+    else:  # k logits: cross-entropy's softmax, as ONNX's own Softmax node
+        # F.softmax's xp.max carries ndonnx's guard for empty arrays (Size -> If nodes that read
+        # the batch at run time); ONNX's Softmax is the same max-shifted formula in one node.
+        op: Any = importlib.import_module("spox.opset.ai.onnx.v21")
+        proba = ndx.asarray(op.softmax(z.unwrap_spox(), axis=-1))  # (n, k)
         index = ndx.argmax(z, axis=1)
     return {LABEL: ndx.take(_classes(est.classes_, ndx), index), PROBABILITIES: proba}
 
