@@ -1,4 +1,4 @@
-"""The ``portable-mlp`` command line: ``train``, ``predict``, ``check`` and ``info``.
+"""The ``portable-mlp`` command line: ``train``, ``predict``, ``check``, ``info`` and ``export``.
 
 Misuse (an unknown backend, a missing CUDA device, a bad file or column, labels of the wrong kind,
 a non-finite hyperparameter, an output folder that does not exist) is a one-line error on stderr
