@@ -92,8 +92,37 @@ class Module:
         return f"{type(self).__name__}()"
 
 
+class Placed:
+    """The shorthands of a layer or model that holds arrays: its placement's namespace, backend
+    name, device and dtype."""
+
+    _placement: Placement | None
+
+    @property
+    def placement(self) -> Placement:
+        if self._placement is None:
+            raise AttributeError(f"{self!r} has no Linear layer, so no placement")
+        return self._placement
+
+    @property
+    def xp(self) -> ModuleType:
+        return self.placement.xp
+
+    @property
+    def backend(self) -> str:
+        return self.placement.name
+
+    @property
+    def device(self) -> Any:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.placement.dtype
+
+
 # ---------------------------------------------------------------------------- Linear
-class Linear(Module):
+class Linear(Placed, Module):
     """``y = x W + b`` with ``W: (p_in, p_out)`` and ``b: (p_out,)``, as in the seed notebook.
 
     Weights are drawn on the host from ``rng`` by ``init`` (default: the seed's N(0, 1)/sqrt(p_in);
@@ -120,7 +149,7 @@ class Linear(Module):
                 raise ValueError(f"Linear {name} must be a positive int, got {value!r}")
         self.p_in, self.p_out = p_in, p_out
         where = placement_arg(placement, backend, device, dtype)
-        self.placement = where
+        self._placement = where
         self.init = init
         W = _init.get(init)(_init.as_generator(rng), p_in, p_out)
         if tuple(W.shape) != (p_in, p_out):
@@ -148,22 +177,6 @@ class Linear(Module):
             "p_out": self.p_out,
             "bias": self.bias is not None,
         }
-
-    @property
-    def xp(self) -> ModuleType:
-        return self.placement.xp
-
-    @property
-    def backend(self) -> str:
-        return self.placement.name
-
-    @property
-    def device(self) -> Any:
-        return self.placement.device
-
-    @property
-    def dtype(self) -> Any:
-        return self.placement.dtype
 
     def parameters(self) -> dict[str, Array]:
         params = {"weight": self.weight}

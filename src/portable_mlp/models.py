@@ -12,10 +12,10 @@ from typing import Any
 
 from . import init as _init
 from ._backend import Array, Placement, namespace_of, placement_arg
-from .layers import ACTIVATIONS, LeakyReLU, Linear, Module
+from .layers import ACTIVATIONS, LeakyReLU, Linear, Module, Placed
 
 
-class Sequential(Module):
+class Sequential(Placed, Module):
     """Layers applied in order; backward runs their backwards in reverse.
 
     Parameters are named ``"<index>.<name>"`` (``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...),
@@ -45,6 +45,7 @@ class Sequential(Module):
             first if first is not None and first is self.layers[0] else None
         )
         leaves = [leaf for _, leaf, _ in self._slots if isinstance(leaf, Linear)]
+        # the placement of its Linear layers (nested models included), fixed once built
         self._placement: Placement | None = leaves[0].placement if leaves else None
 
     def _check_chain(self) -> None:
@@ -80,29 +81,6 @@ class Sequential(Module):
 
     def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
-
-    # The model's placement is its Linear layers' (nested models included), found once.
-    @property
-    def placement(self) -> Placement:
-        if self._placement is None:
-            raise AttributeError(f"{self!r} has no Linear layer, so no placement")
-        return self._placement
-
-    @property
-    def xp(self) -> ModuleType:
-        return self.placement.xp
-
-    @property
-    def dtype(self) -> Any:
-        return self.placement.dtype
-
-    @property
-    def device(self) -> Any:
-        return self.placement.device
-
-    @property
-    def backend(self) -> str:
-        return self.placement.name
 
     @property
     def n_features_in(self) -> int:
