@@ -355,7 +355,7 @@ class _Torch(Backend):
             body: Callable[[], Any], warmup: Callable[[], None]
         ) -> tuple[Callable[[], None], Any]:
             with torch.cuda.device(device):
-                side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+                side = torch.cuda.Stream()  # type: ignore[no-untyped-call,unused-ignore]
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     warmup()

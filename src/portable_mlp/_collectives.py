@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import sys
-from types import ModuleType
 from typing import Any
 
 from ._backend import Array, BackendError, Placement
@@ -29,7 +28,7 @@ _JAX_REFUSED = (
 )
 
 
-def _dist() -> ModuleType:
+def _dist() -> Any:  # torch.distributed (Any where torch is not installed for the type check)
     try:
         import torch.distributed as dist
     except ImportError as exc:
