@@ -59,8 +59,8 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-from . import _collectives
 from ._backend import Array, Placement, placement_like
+from ._backend import collectives as _collectives
 from .layers import Module
 from .optim import Optimizer
 

@@ -30,7 +30,7 @@ import array_api_compat
 import numpy as np
 
 if TYPE_CHECKING:
-    from .compiled import StepPlan
+    from ..compiled import StepPlan
 
 #: Any backend's array. One alias for the whole package: the array API has no common base class.
 Array = Any
@@ -67,7 +67,7 @@ class Kernels:
 
 def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
     """The portable forms of every kernel, for ``xp``."""
-    from . import functional as F  # functional imports this module; it is complete by now
+    from .. import functional as F  # functional imports this module; it is complete by now
 
     def add_scaled(params: list[Array], grads: list[Array], a: float) -> list[Array]:
         if not mutable:

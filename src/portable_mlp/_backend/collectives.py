@@ -17,7 +17,7 @@ import datetime
 import sys
 from typing import Any
 
-from ._backend import Array, BackendError, Placement
+from . import Array, BackendError, Placement
 
 _JAX_REFUSED = (
     "JAX arrays cannot go through torch.distributed: DLPack shares their buffer and the "
