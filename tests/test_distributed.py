@@ -603,3 +603,26 @@ def test_models_and_estimators_pickle(backend: str) -> None:
     with pytest.warns(pm.ConvergenceWarning):
         clf.fit(X, y)
     assert np.array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), clf.predict_proba(X))
+
+
+def test_a_wrapped_optimizer_is_captured_like_the_eager_step(case: Any) -> None:
+    """The averaging sits in the optimizer's ``update``, which every step (eager or captured)
+    calls: ``compile_step`` takes a wrapped optimizer, and outside a process group both steps
+    leave what the plain optimizer leaves."""
+    if not pm.placement(case.backend, case.device).mutable:
+        pytest.skip("JAX trains data-parallel on a mesh, not through DistributedOptimizer")
+    rng = np.random.default_rng(3)
+    x = case.array(rng.normal(size=(9, 3)), "float64")
+    y = case.array(rng.integers(0, 2, size=(9, 1)).astype(float), "float64")
+    models = [pm.MLP([3, 4, 1], rng=0, **case.model_kwargs("float64")) for _ in range(2)]
+    plain = pm.Adam(models[0], lr=0.05)
+    wrapped = dist.DistributedOptimizer(pm.Adam(models[1], lr=0.05))
+    step = pm.compile_step(models[1], pm.BCEWithLogitsLoss(), wrapped, alpha=0.01)
+    for _ in range(3):
+        pm.train_step(models[0], pm.BCEWithLogitsLoss(), plain, x, y, alpha=0.01)
+        step(x, y)
+    assert wrapped.steps == plain.steps == 3
+    for key, value in models[0].parameters().items():
+        np.testing.assert_allclose(
+            pm.to_numpy(models[1].parameters()[key]), pm.to_numpy(value), rtol=1e-12
+        )

@@ -336,7 +336,7 @@ def _train(args: argparse.Namespace) -> int:
 def _enable_float64(backend: str) -> None:
     """float64 where the backend must be told before any array is made (JAX): a shell user
     cannot call jax.config.update."""
-    _backend.TABLE[_backend.backend_name(_backend.namespace(backend))].enable_float64()
+    _backend.backend_of(_backend.namespace(backend)).enable_float64()
 
 
 def _report(

@@ -52,6 +52,23 @@ def compile_step(model: Module, loss: Loss, optimizer: Optimizer, *, alpha: floa
     return step
 
 
+def backward_and_update(
+    model: Module, loss: Loss, optimizer: Optimizer, value: Array, rows: int, alpha: float
+) -> Array:
+    """The second half of every training step, eager (``train_step``) or captured: backward
+    from the loss whose forward gave ``value`` (no dL/dx), scikit-learn's L2 term over ``rows``,
+    the optimizer's update. Returns the loss with the L2 term."""
+    model._backward(loss.backward(), False)
+    params, grads = model.parameters(), model.gradients()
+    if alpha:
+        scale = float(alpha) / loss._l2_divisor(rows)
+        grads, penalty = l2_term(params, grads, scale, xp=optimizer.xp)
+        if penalty is not None:
+            value = value + (0.5 * scale) * penalty
+    optimizer.update(params, grads)  # the gradients are the model's own: no key check needed
+    return value
+
+
 class StepPlan:
     """The eager step of one model, loss, optimizer and L2 weight, with its calls looked up once.
 
@@ -121,15 +138,7 @@ class StepPlan:
         model, loss, xp = self.model, self.loss, self.xp
         z = model._forward(x, True)
         value = loss._forward(z, loss._prepare_target(z, y, xp), xp)
-        model._backward(loss.backward(), False)
-        params, grads = model.parameters(), model.gradients()
-        if self.alpha:
-            scale = self.alpha / loss._l2_divisor(x.shape[0])
-            grads, penalty = l2_term(params, grads, scale, xp=xp)
-            if penalty is not None:
-                value = value + (0.5 * scale) * penalty
-        self.optimizer.update(params, grads)
-        return value
+        return backward_and_update(model, loss, self.optimizer, value, x.shape[0], self.alpha)
 
     def eager(self) -> Step:
         """The step without capture."""

@@ -448,9 +448,20 @@ class DistributedOptimizer(Optimizer):
         current step; without one, every rank weighs the same).
         """
         grads = self.model.gradients() if grads is None else grads
-        if _collectives.is_initialized():
-            grads = self.all_reduce_gradients(grads, n_local=n_local)
-        self.optimizer.step(grads)
+        self.optimizer.update(self.model.parameters(), self._averaged(grads, n_local))
+
+    def update(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
+        """:meth:`step` without its checks, the rows from the bound sampler: what a training
+        step (eager or captured) calls."""
+        self.optimizer.update(params, self._averaged(grads, None))
+
+    def init_state(self) -> None:
+        self.optimizer.init_state()
+
+    def _averaged(self, grads: Mapping[str, Array], n_local: int | None) -> Mapping[str, Array]:
+        if not _collectives.is_initialized():
+            return grads
+        return self.all_reduce_gradients(grads, n_local=n_local)
 
     def all_reduce_gradients(
         self, grads: Mapping[str, Array], *, n_local: int | None = None

@@ -701,7 +701,7 @@ def _backend_spelling(backend: Any) -> Any:
     """A namespace module given as ``backend`` as its name where the backend table has it."""
     if isinstance(backend, ModuleType):
         try:
-            name = _backend.backend_name(_backend.namespace(backend))
+            name = _backend.backend_of(_backend.namespace(backend)).name
         except (_backend.BackendError, TypeError):
             return backend  # fit refuses it, saying why
         if name in _backend.TABLE:

@@ -26,10 +26,10 @@ from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
-from .compiled import compile_step
+from .compiled import backward_and_update, compile_step
 from .layers import Module
 from .losses import Loss, SampleWeightedLoss
-from .optim import LRScheduler, Optimizer, l2_term
+from .optim import LRScheduler, Optimizer
 
 Step = Callable[[Array, Array], Array]
 """``step(x, y) -> 0-d batch loss``: one update of the model from a batch (see :func:`fit`)."""
@@ -65,15 +65,7 @@ def train_step(
         value = loss.forward(model.forward(x), y)
     else:
         value = loss._forward(model._forward(x, True), y, optimizer.xp)
-    model._backward(loss.backward(), False)
-    grads = model.gradients()
-    if alpha:
-        scale = float(alpha) / loss._l2_divisor(x.shape[0])
-        grads, penalty = l2_term(model.parameters(), grads, scale, xp=optimizer.xp)
-        if penalty is not None:
-            value = value + (0.5 * scale) * penalty
-    optimizer.step(grads)
-    return value
+    return backward_and_update(model, loss, optimizer, value, x.shape[0], alpha)
 
 
 # ---------------------------------------------------------------------------- the epoch loop
@@ -291,7 +283,7 @@ def _working_data(
     if sparse and what == "X":
         X = X.tocsr()  # rows are gathered batch by batch: CSR slices them cheaply
     elif sparse:
-        X = from_numpy(X.toarray(), xp=where.xp, dtype=where.dtype, device=where.device)
+        X = _densified(where, X)
     else:
         where.check(X, who="fit", what=what)
     try:
