@@ -1,16 +1,19 @@
-"""The estimators' inputs and outputs: a user's ``X``, ``y`` and ``sample_weight`` checked once on
-the host with scikit-learn's meanings and messages, feature names, class labels encoded for the
-loss and decoded from predictions, and results handed back in the namespace (and on the device)
-of the input they answer.
+"""The estimators' parameters, inputs and outputs: the constructor's parameters checked when
+fitting; a user's ``X``, ``y`` and ``sample_weight`` checked once on the host with scikit-learn's
+meanings and messages, feature names, class labels encoded for the loss and decoded from
+predictions, and results handed back in the namespace (and on the device) of the input they
+answer.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import math
 import numbers
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,72 @@ from ._backend import (
     numpy_dtype,
     to_numpy,
 )
+from .layers import ACTIVATIONS
+from .optim import OPTIMIZERS
+
+SCHEDULES = ("constant", "invscaling", "adaptive", "step", "cosine")
+
+
+# ---------------------------------------------------------------- the estimators' parameters
+def check_estimator_params(est: Any) -> None:
+    """Refuse a constructor parameter of ``est`` outside its domain, naming it and its value
+    (checked when fitting, as scikit-learn does)."""
+    name = type(est).__name__
+    _check_choice(name, "solver", est.solver, OPTIMIZERS)
+    _check_choice(name, "learning_rate", est.learning_rate, SCHEDULES)
+    _check_choice(name, "activation", est.activation, ACTIVATIONS)
+    sizes: Any = est.hidden_layer_sizes
+    sizes = [sizes] if is_int(sizes) else sizes
+    if not (isinstance(sizes, Sequence) and all(is_int(s) and s >= 1 for s in sizes)):
+        raise ValueError(f"{name} hidden_layer_sizes must be positive ints, got {sizes!r}")
+    batch: Any = est.batch_size
+    if not (batch == "auto" or (is_int(batch) and batch >= 1)):
+        raise ValueError(f"{name} batch_size must be 'auto' or an int >= 1, got {batch!r}")
+    if not (is_int(est.max_iter) and est.max_iter >= 1):
+        raise ValueError(f"{name} max_iter must be an int >= 1, got {est.max_iter!r}")
+    stall = est.n_iter_no_change
+    if not ((is_int(stall) and stall >= 1) or stall == math.inf):
+        raise ValueError(f"{name} n_iter_no_change must be an int >= 1 or inf, got {stall!r}")
+    for key, interval in (
+        ("alpha", "[0, inf)"),
+        ("learning_rate_init", "(0, inf)"),
+        ("power_t", "[0, inf)"),
+        ("tol", "[0, inf)"),
+        ("momentum", "[0, 1]"),
+        ("validation_fraction", "(0, 1)"),
+        ("beta_1", "[0, 1)"),
+        ("beta_2", "[0, 1)"),
+        ("epsilon", "(0, inf)"),
+        ("max_grad_norm", "(0, inf)"),
+    ):
+        value = getattr(est, key)
+        if not (key == "max_grad_norm" and value is None):
+            _check_number(name, key, value, interval)
+
+
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_choice(who: str, key: str, value: Any, choices: Any) -> None:
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{who} {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_number(who: str, key: str, value: Any, interval: str) -> None:
+    """Refuse anything but a finite real number in ``interval`` (``"[0, 1)"``, ...): NaN and
+    infinity never pass, whatever the bounds."""
+    low, high = (float(b) for b in interval[1:-1].split(","))
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if number and math.isfinite(value):
+        above = value >= low if interval[0] == "[" else value > low
+        below = value <= high if interval[-1] == "]" else value < high
+        if above and below:
+            return
+    raise ValueError(f"{who} {key} must be a finite number in {interval}, got {value!r}")
 
 
 # ---------------------------------------------------------------- scikit-learn's classes

@@ -51,6 +51,8 @@ import numpy as np
 
 from . import _io
 from ._backend import BACKENDS, BackendError, Placement, dtype_name, placement, to_numpy
+from ._validation import as_host, check_estimator_params
+from .datasets import Standardizer
 from .layers import ACTIVATIONS, Module
 from .models import from_config
 
@@ -107,7 +109,7 @@ def save(
     checkpoint, and an existing file at ``path`` stays as it was until the new one is complete.
     """
     if hasattr(obj, "steps"):  # a Pipeline: its estimator, and its standardizer in metadata
-        obj, metadata = _estimator_module().unpipe(obj, metadata)
+        obj, metadata = _unpipe(obj, metadata)
     model, kind, state = _unpack(obj)
     params = model.parameters()
     model_dtype = getattr(model, "dtype", None)  # None: a model without a Linear
@@ -132,6 +134,41 @@ def save(
     if metadata is not None:
         meta["user"] = _dumps(dict(metadata), "metadata")
     _io.write_atomic(path, _encode(tensors, meta))
+
+
+def _unpipe(obj: Any, metadata: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """What :func:`save` writes for a fitted scikit-learn ``Pipeline`` of a standardizer
+    (``StandardScaler`` or :class:`~portable_mlp.datasets.Standardizer`) and one of the
+    estimators: the estimator, with the standardizer's statistics and the column names in the
+    metadata, where ``portable-mlp predict`` finds them."""
+    steps = list(obj.steps)
+    names = [type(step).__name__ for _, step in steps]
+    if len(steps) != 2 or not isinstance(steps[1][1], _estimator_module()._BaseMLP):
+        raise TypeError(
+            "save() takes a Pipeline of a standardizer and an MLPClassifier or MLPRegressor, "
+            f"got one of {names}"
+        )
+    scaler, est = steps[0][1], steps[1][1]
+    est._check_fitted()
+    mean, scale = getattr(scaler, "mean_", None), getattr(scaler, "scale_", None)
+    if not (isinstance(scaler, Standardizer) or names[0] == "StandardScaler"):
+        raise TypeError(f"save() takes a Pipeline whose first step standardizes, got {names[0]}")
+    if mean is None or scale is None:
+        raise ValueError(
+            f"save() needs the Pipeline's {names[0]} fitted, with a mean and a scale (a "
+            "StandardScaler with with_mean=True and with_std=True)"
+        )
+    stats = {k: as_host(v, k).tolist() for k, v in (("mean", mean), ("scale", scale))}
+    if len(stats["mean"]) != est.n_features_in_:
+        raise ValueError(
+            f"the Pipeline's {names[0]} has {len(stats['mean'])} features, its "
+            f"{names[1]} {est.n_features_in_}"
+        )
+    user: dict[str, Any] = {"standardizer": stats}
+    columns = getattr(scaler, "feature_names_in_", getattr(est, "feature_names_in_", None))
+    if columns is not None:
+        user["feature_names"] = [str(c) for c in columns]
+    return est, {**user, **(metadata or {})}
 
 
 def _unpack(obj: Any) -> tuple[Module, str, dict[str, Any] | None]:
@@ -763,7 +800,7 @@ def estimator_state(kind: str, state: Any, config: Mapping[str, Any]) -> dict[st
     _known(fitted, _FITTED_BY_KIND[kind], "fitted state")
     est = cls(**params)  # missing parameters take their defaults
     try:
-        est._check_params()
+        check_estimator_params(est)
     except (ValueError, TypeError, OverflowError) as exc:
         raise _Refused(f"stored parameters refused: {exc}") from None
 

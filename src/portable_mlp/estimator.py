@@ -3,8 +3,8 @@
 Parameters mean what they mean in ``sklearn.neural_network.MLPClassifier``/``MLPRegressor``,
 plus ``backend``, ``device``, ``dtype`` and ``max_grad_norm``. Training data is validated on the
 host once and moved to the device once (sparse ``X``: one batch at a time), then trained by
-:func:`portable_mlp.training.fit`; this module keeps the scikit-learn protocol, the labels,
-prediction and the state a checkpoint stores.
+:func:`portable_mlp.training.fit` (how: :mod:`portable_mlp._fitting`); this module keeps the
+scikit-learn protocol, the labels, prediction and the state a checkpoint stores.
 
 ``ConvergenceWarning`` and ``NotFittedError`` are scikit-learn's own classes' subclasses where
 scikit-learn is installed; they are made when first used (importing scikit-learn takes seconds).
@@ -13,27 +13,24 @@ scikit-learn is installed; they are made when first used (importing scikit-learn
 from __future__ import annotations
 
 import inspect
-import math
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _backend, _validation, checkpoints, datasets, distributed, metrics, optim
+from . import _backend, _fitting, _validation, checkpoints, metrics, optim
 from . import functional as F
-from ._backend import Array, Placement
-from .layers import ACTIVATIONS, Module
-from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, SampleWeightedLoss
+from ._backend import Array
+from .layers import Module
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .models import MLP
-from .training import EarlyStopping, History, TrainingError, fit
+from .training import TrainingError
 
 # Also ConvergenceWarning and NotFittedError, made on first use by __getattr__.
 __all__ = ["MLPClassifier", "MLPRegressor", "TrainingError"]
 
-_SCHEDULES = ("constant", "invscaling", "adaptive", "step", "cosine")
 _LAZY = ("ConvergenceWarning", "NotFittedError", "DataConversionWarning")
 # A sparse X is predicted in dense blocks of about this many values.
 _DENSE_BLOCK = 1 << 22
@@ -52,7 +49,8 @@ def _raise_not_fitted(who: str) -> None:
 
 
 class _BaseMLP:
-    """What the classifier and the regressor share: parameters, the training loop, checkpoints."""
+    """What the classifier and the regressor share: parameters, fitted attributes, prediction,
+    checkpoints."""
 
     _is_classifier = False
 
@@ -224,288 +222,8 @@ class _BaseMLP:
         and score after every epoch go to ``eval_loss_curve_`` and ``eval_scores_``; the
         progress bar calls it ``eval_name``.
         """
-        self._check_params()
-        warm = self.warm_start and self.__sklearn_is_fitted__()
-        where = self.model_.placement if warm else self._placement(X)
-        X_host, targets, weights, strata = self._training_data(
-            X, y, sample_weight, where, mode="warm" if warm else "fit"
-        )
-        if warm:  # a fresh optimizer for each fit, as in scikit-learn
-            self._optimizer, self._schedule = self._make_optimizer()
-        else:
-            self._init_model(X_host.shape[1], where)
-        watched = None
-        if eval_set is not None:
-            X_eval = _validation.check_features(
-                eval_set[0], "X_eval", who=type(self).__name__, limit=where.dtype
-            )
-            self._check_n_features(X_eval, "eval_set X")
-            raw, info = self._read_targets(eval_set[1], X_eval.shape[0])
-            watched = (X_eval, self._encode(raw, info, mode="partial")[0], None)
-        self.eval_loss_curve_ = None if watched is None else []
-        self.eval_scores_ = None if watched is None else []
-        validation = None
-        if self.early_stopping:  # split after the weights are drawn, from the same generator
-            X_host, targets, weights, validation = self._split(X_host, targets, weights, strata)
-        rule = EarlyStopping(float(self.tol), self.n_iter_no_change)
-        epochs = int(self.max_iter)
-        history = self._train(
-            X_host, targets, weights, epochs, validation, watched, rule, eval_name
-        )
-        if validation is not None:
-            self.best_loss_ = None
-        if not history.stopped_early:
-            warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
-                "optimization hasn't converged yet.",
-                _validation.sklearn_classes()["ConvergenceWarning"],
-                stacklevel=2,
-            )
+        _fitting.fit_estimator(self, X, y, sample_weight, eval_set, eval_name)
         return self
-
-    def _partial_fit(self, X: Any, y: Any, sample_weight: Any, classes: Any) -> _BaseMLP:
-        """One epoch over ``X, y`` (the classifier needs ``classes`` on the first call)."""
-        self._check_params()
-        if self.early_stopping:
-            raise ValueError("partial_fit does not support early_stopping=True")
-        first = not self.__sklearn_is_fitted__()
-        if first and self._is_classifier and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit")
-        where = self._placement(X) if first else self.model_.placement
-        X_host, targets, weights, _ = self._training_data(
-            X, y, sample_weight, where, mode="first" if first else "partial", classes=classes
-        )
-        if first:
-            self._init_model(X_host.shape[1], where)
-        rule = EarlyStopping(float(self.tol), self.n_iter_no_change)
-        self._train(X_host, targets, weights, 1, rule=rule)
-        return self
-
-    def _placement(self, X: Any) -> Placement:
-        """Where a new model lives: with ``X`` under scikit-learn's ``array_api_dispatch``
-        (in ``dtype``, else X's floating dtype), else where ``backend``, ``device`` and
-        ``dtype`` say."""
-        xp = _validation.namespace_or_none(X) if _validation.array_api_dispatch() else None
-        if xp is None or _validation.is_sparse(X):
-            return _backend.placement(self.backend, self.device, self.dtype)
-        dtype = self.dtype
-        if dtype is None and _backend.isdtype(xp, X.dtype, "real floating"):
-            dtype = X.dtype
-        return _backend.placement(xp, _backend.device(X), dtype)
-
-    def _training_data(
-        self,
-        X: Any,
-        y: Any,
-        sample_weight: Any,
-        where: Placement,
-        *,
-        mode: str,
-        classes: Any = None,
-    ) -> tuple[Any, NDArray[np.float64], NDArray[np.float64] | None, Any]:
-        """Checked host data: ``X`` (dense or CSR), float targets, row weights (None: all 1)
-        and the labels to stratify a split by (or None). ``mode``: ``"fit"`` and ``"first"``
-        (a first ``partial_fit``) take classes, outputs and feature names from the data;
-        ``"warm"`` and ``"partial"`` check them against the fitted ones."""
-        who = type(self).__name__
-        _validation.check_y_given(y, who)
-        fresh = mode in ("fit", "first")
-        if not fresh:
-            _validation.check_feature_names(self, X, reset=False)
-        X_host = _validation.check_features(X, who=who, limit=where.dtype)
-        if not fresh:
-            self._check_n_features(X_host)
-        raw, info = self._read_targets(y, X_host.shape[0])
-        weights = _validation.check_sample_weight(sample_weight, X_host.shape[0])
-        if weights is not None and not weights.all():  # a zero weight removes its row exactly
-            keep = np.flatnonzero(weights)
-            X_host, raw, weights = X_host[keep], raw[keep], weights[keep]
-        if weights is not None and (weights == 1.0).all():
-            weights = None  # unit weights change nothing: the unweighted loss, exactly
-        targets, strata = self._encode(raw, info, mode=mode, classes=classes)
-        if fresh:
-            _validation.check_feature_names(self, X, reset=True)
-        return X_host, targets, weights, strata
-
-    def _split(
-        self, X_host: Any, targets: Any, weights: Any, strata: Any
-    ) -> tuple[Any, Any, Any, tuple[Any, Any, Any]]:
-        """scikit-learn's early-stopping split: ``validation_fraction`` of the rows held out."""
-        rows = range(X_host.shape[0])
-        train, val, _, _ = datasets.train_test_split(
-            rows,
-            rows if strata is None else strata,
-            test_size=self.validation_fraction,
-            rng=self._generator,
-            stratify=strata is not None,
-        )
-        if len(val) < 2:
-            raise ValueError(
-                "The validation set is too small. Increase 'validation_fraction' or the size of "
-                "your dataset."
-            )
-        held = (X_host[val], targets[val], None if weights is None else weights[val])
-        kept = None if weights is None else weights[train]
-        return X_host[train], targets[train], kept, held
-
-    def _train(
-        self,
-        X_host: Any,
-        targets: NDArray[np.float64],
-        weights: NDArray[np.float64] | None,
-        epochs: int,
-        validation: tuple[Any, Any, Any] | None = None,
-        watched: tuple[Any, Any, Any] | None = None,
-        rule: EarlyStopping | None = None,
-        eval_name: str = "eval",
-    ) -> History:
-        """``epochs`` of :func:`~portable_mlp.training.fit` on host data, going on from the
-        fitted attributes and written back to them (also when training diverges)."""
-        where = self.model_.placement
-        loss = self._loss() if weights is None else SampleWeightedLoss(self._loss())
-        weighted = weights is not None
-
-        def on_device(X: Any, T: Any, w: Any) -> tuple[Any, Array]:
-            # dense X moved once; sparse X stays on the host for fit to densify batch by batch
-            X_dev = X if _validation.is_sparse(X) else where.asarray(X)
-            if weighted:  # the weights travel as one more target column
-                T = np.concatenate([T, (np.ones(len(T)) if w is None else w)[:, None]], axis=1)
-            return X_dev, where.asarray(T)
-
-        n = X_host.shape[0]
-        if isinstance(self._schedule, optim.InvScalingLR):
-            self._schedule.samples_per_epoch = n
-        best_loss = math.inf if self.best_loss_ is None else self.best_loss_
-        history = History(
-            **{f: getattr(self, a) for a, f in _HISTORY.items()},
-            n_epochs=len(self.loss_curve_),
-            best_loss=best_loss,
-        )
-        start = history.n_epochs
-        try:
-            fit(
-                self.model_,
-                loss,
-                self._optimizer,
-                *on_device(X_host, targets, weights),
-                epochs=epochs,
-                batch_size=min(200 if self.batch_size == "auto" else int(self.batch_size), n),
-                shuffle=self.shuffle,
-                rng=self._generator,
-                schedule=self._schedule,
-                validation=None if validation is None else on_device(*validation),
-                eval_set=None if watched is None else on_device(*watched),
-                early_stopping=rule,
-                alpha=self.alpha,
-                # A capture is made per call: it pays over many epochs, not over partial_fit's
-                # one (on JAX a fresh trace and compilation per call would cost more than it saves).
-                compile=epochs > 1,
-                progress=bool(self.verbose),
-                eval_name=eval_name,
-                history=history,
-            )
-        finally:
-            for attribute, name in _HISTORY.items():
-                setattr(self, attribute, getattr(history, name))
-            self.n_iter_ = history.n_epochs - start  # this call's epochs, as in scikit-learn
-            if self.best_loss_ is not None:  # None after an early-stopped fit, as in scikit-learn
-                self.best_loss_ = history.best_loss
-        return history
-
-    def _check_params(self) -> None:
-        name = type(self).__name__
-        _check_choice(name, "solver", self.solver, optim.OPTIMIZERS)
-        _check_choice(name, "learning_rate", self.learning_rate, _SCHEDULES)
-        _check_choice(name, "activation", self.activation, ACTIVATIONS)
-        sizes: Any = self.hidden_layer_sizes
-        sizes = [sizes] if _is_int(sizes) else sizes
-        if not (isinstance(sizes, Sequence) and all(_is_int(s) and s >= 1 for s in sizes)):
-            raise ValueError(f"{name} hidden_layer_sizes must be positive ints, got {sizes!r}")
-        batch: Any = self.batch_size
-        if not (batch == "auto" or (_is_int(batch) and batch >= 1)):
-            raise ValueError(f"{name} batch_size must be 'auto' or an int >= 1, got {batch!r}")
-        if not (_is_int(self.max_iter) and self.max_iter >= 1):
-            raise ValueError(f"{name} max_iter must be an int >= 1, got {self.max_iter!r}")
-        stall = self.n_iter_no_change
-        if not ((_is_int(stall) and stall >= 1) or stall == math.inf):
-            raise ValueError(f"{name} n_iter_no_change must be an int >= 1 or inf, got {stall!r}")
-        for key, interval in (
-            ("alpha", "[0, inf)"),
-            ("learning_rate_init", "(0, inf)"),
-            ("power_t", "[0, inf)"),
-            ("tol", "[0, inf)"),
-            ("momentum", "[0, 1]"),
-            ("validation_fraction", "(0, 1)"),
-            ("beta_1", "[0, 1)"),
-            ("beta_2", "[0, 1)"),
-            ("epsilon", "(0, inf)"),
-            ("max_grad_norm", "(0, inf)"),
-        ):
-            value = getattr(self, key)
-            if not (key == "max_grad_norm" and value is None):
-                _check_number(name, key, value, interval)
-
-    def _hidden_sizes(self) -> list[int]:
-        sizes: Any = self.hidden_layer_sizes
-        return [int(sizes)] if _is_int(sizes) else [int(s) for s in sizes]
-
-    def _init_model(self, n_features: int, where: Placement) -> None:
-        # One generator per fresh model: the same random_state gives the same fit every time.
-        # It draws the initial weights, then the validation split, then each epoch's order.
-        self._generator = _rank_agreed_rng(self.random_state)
-        self.model_ = MLP(
-            [n_features, *self._hidden_sizes(), self.n_outputs_],
-            self.activation,
-            rng=self._generator,
-            init="xavier_uniform",
-            placement=where,
-        )
-        if distributed.is_initialized() and self.model_.placement.mutable:
-            distributed.broadcast_parameters(self.model_)  # rank 0's weights, as one process
-        self.n_features_in_ = n_features
-        self.loss_curve_ = []
-        self.validation_scores_ = [] if self.early_stopping else None
-        self.eval_loss_curve_ = self.eval_scores_ = None
-        self.best_loss_ = math.inf
-        self.best_validation_score_ = -math.inf if self.early_stopping else None
-        self.n_iter_ = self.t_ = self._no_improvement = 0
-        self._optimizer, self._schedule = self._make_optimizer()
-
-    def _make_optimizer(self) -> tuple[optim.Optimizer, optim.LRScheduler]:
-        """A fresh optimizer at ``learning_rate_init`` and its learning-rate schedule."""
-        opt: optim.Optimizer
-        if self.solver == "sgd":
-            opt = optim.SGD(
-                self.model_,
-                lr=self.learning_rate_init,
-                momentum=self.momentum,
-                nesterov=self.nesterovs_momentum and self.momentum > 0,
-                max_grad_norm=self.max_grad_norm,
-            )
-        else:
-            cls = optim.OPTIMIZERS[self.solver]
-            assert issubclass(cls, optim.Adam)
-            opt = cls(
-                self.model_,
-                lr=self.learning_rate_init,
-                betas=(self.beta_1, self.beta_2),
-                eps=self.epsilon,
-                weight_decay=0.0,
-                max_grad_norm=self.max_grad_norm,
-            )
-        horizon = int(self.max_iter)
-        schedule: optim.LRScheduler
-        if self.learning_rate == "invscaling":
-            schedule = optim.InvScalingLR(opt, self.power_t, samples=self.t_)
-        elif self.learning_rate == "adaptive":
-            schedule = optim.AdaptiveLR(opt)
-        elif self.learning_rate == "step":
-            schedule = optim.StepLR(opt, step_size=max(1, horizon // 3), gamma=0.1)
-        elif self.learning_rate == "cosine":
-            schedule = optim.CosineAnnealingLR(opt, T_max=horizon)
-        else:
-            schedule = optim.ConstantLR(opt)
-        return opt, schedule
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
@@ -563,8 +281,8 @@ class _BaseMLP:
         for key in checkpoints.FITTED_ATTRIBUTES[cls.__name__] & fitted.keys():
             setattr(est, key, fitted[key])
         est._no_improvement = 0
-        est._generator = _rank_agreed_rng(est.random_state)
-        est._optimizer, est._schedule = est._make_optimizer()
+        est._generator = _fitting.rank_agreed_rng(est.random_state)
+        est._optimizer, est._schedule = _fitting.make_optimizer(est)
         return est
 
     def _extra_state(self) -> dict[str, Any]:
@@ -573,7 +291,7 @@ class _BaseMLP:
     def _load_extra_state(self, fitted: dict[str, Any]) -> None:
         pass
 
-    # Fitted attributes (made by _init_model or a checkpoint) and subclass hooks
+    # Fitted attributes (made by _fitting.init_model or a checkpoint) and subclass hooks
     n_outputs_: int
     n_features_in_: int
     feature_names_in_: NDArray[np.object_]
@@ -605,96 +323,14 @@ class _BaseMLP:
         raise NotImplementedError
 
 
-def _rank_agreed_rng(random_state: int | None) -> Any:
-    """The generator of the initial weights, the validation split and every epoch's order.
-
-    Under ``torchrun`` every rank trains on its share of the same global batches (``batch_size``
-    rows over all ranks; :func:`~portable_mlp.training.fit`), so all draw from one seed: without
-    ``random_state``, rank 0's fresh seed.
-    """
-    if random_state is None and distributed.is_initialized():
-        random_state = distributed.shared_seed()
-    return _backend.host_rng(random_state)
-
-
-# The fitted attributes that go on in training.fit's History: attribute -> History field.
-_HISTORY = {
-    "loss_curve_": "loss",
-    "validation_scores_": "validation_scores",
-    "eval_loss_curve_": "eval_loss",
-    "eval_scores_": "eval_scores",
-    "t_": "samples",
-    "best_validation_score_": "best_score",
-    "_no_improvement": "no_improvement",
-}
 # What a checkpoint keeps of a fitted estimator, besides the subclasses' extra state.
 _FITTED = (
     "n_features_in_",
     "n_outputs_",
     "best_loss_",
     "n_iter_",
-    *(a for a in _HISTORY if a[0] != "_"),
+    *(a for a in _fitting.HISTORY if a[0] != "_"),
 )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_choice(who: str, key: str, value: Any, choices: Any) -> None:
-    if not (isinstance(value, str) and value in choices):
-        raise ValueError(f"{who} {key} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _check_number(who: str, key: str, value: Any, interval: str) -> None:
-    """Refuse anything but a finite real number in ``interval`` (``"[0, 1)"``, ...): NaN and
-    infinity never pass, whatever the bounds."""
-    low, high = (float(b) for b in interval[1:-1].split(","))
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-    if number and math.isfinite(value):
-        above = value >= low if interval[0] == "[" else value > low
-        below = value <= high if interval[-1] == "]" else value < high
-        if above and below:
-            return
-    raise ValueError(f"{who} {key} must be a finite number in {interval}, got {value!r}")
-
-
-def unpipe(obj: Any, metadata: Mapping[str, Any] | None) -> tuple[_BaseMLP, dict[str, Any]]:
-    """What :func:`~portable_mlp.checkpoints.save` writes for a fitted scikit-learn
-    ``Pipeline`` of a standardizer (``StandardScaler`` or
-    :class:`~portable_mlp.datasets.Standardizer`) and one of these estimators: the estimator,
-    with the standardizer's statistics and the column names in the metadata, where
-    ``portable-mlp predict`` finds them."""
-    steps = list(obj.steps)
-    names = [type(step).__name__ for _, step in steps]
-    if len(steps) != 2 or not isinstance(steps[1][1], _BaseMLP):
-        raise TypeError(
-            "save() takes a Pipeline of a standardizer and an MLPClassifier or MLPRegressor, "
-            f"got one of {names}"
-        )
-    scaler, est = steps[0][1], steps[1][1]
-    est._check_fitted()
-    mean, scale = getattr(scaler, "mean_", None), getattr(scaler, "scale_", None)
-    if not (isinstance(scaler, datasets.Standardizer) or names[0] == "StandardScaler"):
-        raise TypeError(f"save() takes a Pipeline whose first step standardizes, got {names[0]}")
-    if mean is None or scale is None:
-        raise ValueError(
-            f"save() needs the Pipeline's {names[0]} fitted, with a mean and a scale (a "
-            "StandardScaler with with_mean=True and with_std=True)"
-        )
-    stats = {k: _validation.as_host(v, k).tolist() for k, v in (("mean", mean), ("scale", scale))}
-    if len(stats["mean"]) != est.n_features_in_:
-        raise ValueError(
-            f"the Pipeline's {names[0]} has {len(stats['mean'])} features, its "
-            f"{names[1]} {est.n_features_in_}"
-        )
-    user: dict[str, Any] = {"standardizer": stats}
-    columns = getattr(scaler, "feature_names_in_", getattr(est, "feature_names_in_", None))
-    if columns is not None:
-        user["feature_names"] = [str(c) for c in columns]
-    return est, {**user, **(metadata or {})}
 
 
 def _backend_spelling(backend: Any) -> Any:
@@ -726,7 +362,7 @@ class MLPClassifier(_BaseMLP):
         self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None
     ) -> MLPClassifier:
         """One epoch over ``X, y``; ``classes`` (every label there will be) on the first call."""
-        self._partial_fit(X, y, sample_weight, classes)
+        _fitting.partial_fit_estimator(self, X, y, sample_weight, classes)
         return self
 
     def _read_targets(self, y: Any, n: int) -> tuple[NDArray[Any], bool]:
@@ -859,7 +495,7 @@ class MLPRegressor(_BaseMLP):
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch over ``X, y``."""
-        self._partial_fit(X, y, sample_weight, None)
+        _fitting.partial_fit_estimator(self, X, y, sample_weight, None)
         return self
 
     def _read_targets(self, y: Any, n: int) -> tuple[NDArray[Any], bool]:
