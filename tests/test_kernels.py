@@ -38,6 +38,15 @@ def test_kernels_match_the_portable_forms(case: Case, dtype: str) -> None:
     for bias in (b, None):
         expected = pm.to_numpy(F.linear(x, W, bias))
         assert_close(kernels.linear(x, W, bias), expected, case=case, dtype=dtype)
+    for columns in (4, 1):  # one column: the last layer of a single output
+        g = case.xp.asarray(dy[:, :columns], copy=True)
+        for bias, input_grad in ((True, True), (False, False)):
+            got = kernels.linear_backward(g, x, W[:, :columns], bias, input_grad)
+            want = F.linear_backward(g, x, W[:, :columns], bias=bias, input_grad=input_grad)
+            for a, e in zip(got, want, strict=True):
+                assert (a is None) == (e is None)
+                if e is not None:
+                    assert_close(a, pm.to_numpy(e), case=case, dtype=dtype)
     y = kernels.relu(x)
     assert_close(y, pm.to_numpy(F.relu(x)), case=case, dtype=dtype, tol=0.0)
     assert_close(

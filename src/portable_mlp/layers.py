@@ -220,13 +220,8 @@ class Linear(Placed, Module):
 
     def _backward(self, dy: Array, input_grad: bool) -> Array | None:
         x, self._x, self._out_shape = self._x, None, None
-        dx, dW, db = F.linear_backward(
-            dy,
-            x,
-            self.weight,
-            bias=self.bias is not None,
-            input_grad=input_grad,
-            xp=self.placement.xp,
+        dx, dW, db = self.placement.kernels.linear_backward(
+            dy, x, self.weight, self.bias is not None, input_grad
         )
         self.grads = {"weight": dW} if db is None else {"weight": dW, "bias": db}
         return dx

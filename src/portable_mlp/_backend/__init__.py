@@ -59,6 +59,10 @@ class Kernels:
     """
 
     linear: Callable[[Array, Array, Array | None], Array]  # (x, W, b) -> x W + b
+    # (dy, x, W, bias, input_grad) -> (dx, dW, db): functional.linear_backward's contract
+    linear_backward: Callable[
+        [Array, Array, Array, bool, bool], tuple[Array | None, Array, Array | None]
+    ]
     relu: Callable[[Array], Array]  # x -> max(x, 0)
     relu_backward: Callable[[Array, Array], Array]  # (dy, y) -> dy where y > 0, else 0
     # (params, grads, a) -> [p + a g]: in place (the same arrays back) where arrays are mutable
@@ -78,6 +82,9 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
 
     return Kernels(
         linear=lambda x, W, b: F.linear(x, W, b, xp=xp),
+        linear_backward=lambda dy, x, W, bias, input_grad: F.linear_backward(
+            dy, x, W, bias=bias, input_grad=input_grad, xp=xp
+        ),
         relu=lambda x: F.relu(x, xp=xp),
         relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
         add_scaled=add_scaled,
@@ -338,8 +345,12 @@ class _Torch(Backend):
         # which dominates small steps. addmm does x W + b in one kernel with no temporary; relu
         # and threshold_backward (autograd's own ReLU gradient) are one kernel each where the
         # portable forms take two to four; one _foreach_add_ updates all parameters at once.
-        return Kernels(
-            linear=linear, relu=torch.relu, relu_backward=relu_backward, add_scaled=add_scaled
+        return replace(
+            portable_kernels(xp, mutable=True),
+            linear=linear,
+            relu=torch.relu,
+            relu_backward=relu_backward,
+            add_scaled=add_scaled,
         )
 
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
@@ -475,6 +486,19 @@ class _Jax(Backend):
     def sync(self, x: Array | None, device: Any) -> None:
         if x is not None:
             x.block_until_ready()
+
+    def kernels(self, xp: ModuleType) -> Kernels:
+        def linear_backward(
+            dy: Array, x: Array, W: Array, bias: bool, input_grad: bool
+        ) -> tuple[Array | None, Array, Array | None]:
+            # XLA on the CPU computes x.T @ dy for a one-column dy (a last layer with one
+            # output) by copying x transposed before a matrix-vector product; (dy.T @ x).T reads
+            # x as it lies and is the same dot for XLA otherwise.
+            dW = (dy.T @ x).T
+            db = xp.sum(dy, axis=0) if bias else None
+            return (dy @ W.T if input_grad else None), dW, db
+
+        return replace(portable_kernels(xp, mutable=False), linear_backward=linear_backward)
 
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
         import jax
