@@ -26,7 +26,7 @@ from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
-from .compiled import StepPlan, backward_and_update
+from .compiled import StepPlan, backward_and_update, compile_step
 from .layers import Module
 from .losses import Loss, SampleWeightedLoss
 from .optim import LRScheduler, Optimizer
@@ -258,9 +258,9 @@ def _the_step(
         # alpha / n_local on each rank, weighted by n_local / n_global: alpha / n_global in all.
         share = alpha / dist.world_size()
         step = functools.partial(train_step, model, loss, optimizer, alpha=share, check=False)
-    elif step is None and compile:  # compile_step, keeping its plan
-        plan = StepPlan(model, loss, optimizer, alpha)
-        step = plan.placement.backend.capture_step(plan)
+    elif step is None and compile:
+        step = compile_step(model, loss, optimizer, alpha=alpha)
+        plan = StepPlan(model, loss, optimizer, alpha)  # the same step, for a captured epoch
     elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
