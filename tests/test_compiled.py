@@ -255,9 +255,8 @@ def test_graph_bookkeeping_with_an_emulated_capture(dtype: str) -> None:
     assert len(steps[0].graphs) == 2  # one per batch shape
 
 
-def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "jax" not in SELECTED:
-        pytest.skip("JAX is not among this run's backends")
+def _counted_traces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The batch shape of every trace of the captured step from now on (a list that grows)."""
     traces = []
     original = StepPlan.captured_step
 
@@ -266,6 +265,13 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
         return original(self, *args)
 
     monkeypatch.setattr(StepPlan, "captured_step", counted)
+    return traces
+
+
+def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    traces = _counted_traces(monkeypatch)
     case = Case("jax", None, "jax")
     model = pm.MLP(SIZES, rng=0, **case.model_kwargs("float32"))
     loss, opt = pm.CrossEntropyLoss(), pm.Adam(model, lr=0.01)
@@ -389,14 +395,7 @@ def test_jax_compiles_an_epoch_once(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("JAX is not among this run's backends")
     import jax
 
-    traces = []
-    original = StepPlan.captured_step
-
-    def counted(self: StepPlan, *args: Any) -> Any:
-        traces.append(tuple(args[-2].shape))  # runs only while jax.jit traces
-        return original(self, *args)
-
-    monkeypatch.setattr(StepPlan, "captured_step", counted)
+    traces = _counted_traces(monkeypatch)
     compiled: list[str] = []
 
     class Compiles(logging.Handler):

@@ -172,6 +172,9 @@ def fit(
 
     Each step is :func:`~portable_mlp.compile_step`'s captured step (``compile=False``: the eager
     ``train_step(model, loss, optimizer, x, y, alpha=alpha)``; both give the same updates).
+    Where the backend captures whole epochs (JAX on one device, dense ``X``), an epoch of those
+    steps, its gathers and its validation and eval values are one compiled call; the progress
+    bar then moves once per epoch.
     ``step(x, y)`` replaces either (a step built once and reused across calls, say); its ``y``
     is in the loss's working form and ``alpha`` then belongs to it. ``callbacks``: objects with
     ``on_epoch_end`` (:class:`Callback`).
