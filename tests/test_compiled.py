@@ -7,6 +7,7 @@ CUDA device is present; elsewhere their tests skip and say so.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 import portable_mlp as pm
 from portable_mlp.compiled import StepPlan
+from portable_mlp.losses import SampleWeightedLoss
 from portable_mlp.testing import Case, assert_close, selected_backends
 
 SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
@@ -253,9 +255,8 @@ def test_graph_bookkeeping_with_an_emulated_capture(dtype: str) -> None:
     assert len(steps[0].graphs) == 2  # one per batch shape
 
 
-def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "jax" not in SELECTED:
-        pytest.skip("JAX is not among this run's backends")
+def _counted_traces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The batch shape of every trace of the captured step from now on (a list that grows)."""
     traces = []
     original = StepPlan.captured_step
 
@@ -264,6 +265,13 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
         return original(self, *args)
 
     monkeypatch.setattr(StepPlan, "captured_step", counted)
+    return traces
+
+
+def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    traces = _counted_traces(monkeypatch)
     case = Case("jax", None, "jax")
     model = pm.MLP(SIZES, rng=0, **case.model_kwargs("float32"))
     loss, opt = pm.CrossEntropyLoss(), pm.Adam(model, lr=0.01)
@@ -280,6 +288,160 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
     step(*short)
     assert traces == [(N, SIZES[0]), (5, SIZES[0])], traces
     assert opt.steps == 23
+
+
+# ---------------------------------------------------------------------------- the captured epoch
+def _epoch_capture(case: Case) -> None:
+    """Skip unless ``case``'s backend captures whole epochs in ``fit``."""
+    entry = case.placement().backend
+    if entry.capture_epoch(lambda *args: None, case.resolved_device) is None:
+        pytest.skip(f"{case.backend} steps fit's epochs one step at a time: no captured epoch")
+
+
+def _fit_both(
+    case: Case, dtype: str, config: Config, sample_weight: bool = False, **kwargs: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...], list[pm.History]]:
+    """The same fit through the per-step captured step (``step=``) and through the captured
+    epoch (``compile=True``); the two setups and their histories."""
+    per_step, per_epoch = _pair(case, dtype, config)
+    x, y = _batch(case, dtype, config.target, seed=5, n=37)  # 2 full batches and a short one
+    xv, yv = _batch(case, dtype, config.target, seed=6, n=11)
+    xe, ye = _batch(case, dtype, config.target, seed=8, n=9)
+    if sample_weight:  # the rows' weights as one more target column
+        x, y = (case.array(pm.to_numpy(a), dtype) for a in (x, y))
+        weights = np.random.default_rng(7).uniform(0.1, 2.0, size=(37, 1))
+        y = case.array(np.concatenate([pm.to_numpy(y), weights], axis=1), dtype)
+        yv = case.array(np.concatenate([pm.to_numpy(yv), np.ones((11, 1))], axis=1), dtype)
+        ye = case.array(np.concatenate([pm.to_numpy(ye), np.full((9, 1), 0.5)], axis=1), dtype)
+    histories = []
+    for (model, loss, opt, schedule), captured in ((per_step, False), (per_epoch, True)):
+        if sample_weight:
+            loss = SampleWeightedLoss(loss)
+        step = None if captured else pm.compile_step(model, loss, opt, alpha=config.alpha)
+        histories.append(
+            pm.fit(
+                model,
+                loss,
+                opt,
+                x,
+                y,
+                epochs=3,
+                batch_size=16,
+                schedule=schedule,
+                validation=(xv, yv),
+                eval_set=(xe, ye),
+                alpha=config.alpha if captured else 0.0,
+                step=step,
+                **kwargs,
+            )
+        )
+    return per_step, per_epoch, histories
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_captured_epoch_equals_the_captured_step(case: Case, dtype: str, name: str) -> None:
+    """Every optimizer, loss, activation, clipping, L2 and schedule: an epoch captured whole
+    leaves the weights, gradients, optimizer state and curves that its steps one by one leave."""
+    _epoch_capture(case)
+    config = CONFIGS[name]
+    per_step, per_epoch, histories = _fit_both(case, dtype, config, rng=0)
+    tol = CAPTURED_TOL[dtype]
+    for curve in ("loss", "validation_scores", "eval_loss", "eval_scores"):
+        expected = getattr(histories[0], curve)
+        np.testing.assert_allclose(getattr(histories[1], curve), expected, rtol=tol, err_msg=curve)
+    _assert_same_state(per_step, per_epoch, case, dtype, name)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_the_captured_epoch_with_sample_weights(case: Case, dtype: str, shuffle: bool) -> None:
+    _epoch_capture(case)
+    config = Config(lambda m: pm.Adam(m, lr=0.02), pm.MSELoss, "probs", alpha=0.1)
+    per_step, per_epoch, histories = _fit_both(
+        case, dtype, config, sample_weight=True, rng=3, shuffle=shuffle
+    )
+    np.testing.assert_allclose(histories[1].loss, histories[0].loss, rtol=CAPTURED_TOL[dtype])
+    np.testing.assert_allclose(
+        histories[1].eval_scores, histories[0].eval_scores, rtol=CAPTURED_TOL[dtype]
+    )
+    _assert_same_state(per_step, per_epoch, case, dtype, "sample weights")
+
+
+def test_a_diverging_captured_epoch_names_the_step_of_the_per_step_loop(case: Case) -> None:
+    """Divergence inside a captured epoch: the same error, step and kept weights as stepping."""
+    _epoch_capture(case)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, SIZES[0])), rng.normal(size=(60, SIZES[-1])) * 1e3
+    results = []
+    for captured in (False, True):
+        model = pm.MLP(SIZES, rng=0, **case.model_kwargs("float32"))
+        loss, opt = pm.MSELoss(), pm.SGD(model, lr=10.0)
+        step = None if captured else pm.compile_step(model, loss, opt)
+        x, t = case.array(X, "float32"), case.array(y, "float32")
+        with pytest.raises(pm.TrainingError) as info:
+            pm.fit(model, loss, opt, x, t, epochs=3, batch_size=8, rng=0, step=step)
+        results.append((str(info.value), model.parameters()))
+    assert "became non-finite at epoch 1, " in results[0][0]
+    assert results[1][0] == results[0][0]
+    for k, v in results[0][1].items():
+        expected = pm.to_numpy(v)
+        assert np.isfinite(expected).all()
+        assert_close(results[1][1][k], expected, case=case, dtype="float32", tol=1e-5, what=k)
+
+
+def test_jax_compiles_an_epoch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One trace of each batch shape and one compilation of the epoch, in the first epoch;
+    nothing at all compiles in the epochs after it (schedule, validation and eval set on)."""
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    import jax
+
+    traces = _counted_traces(monkeypatch)
+    compiled: list[str] = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Compiling "):
+                compiled.append(record.getMessage().split(" ")[1])
+
+    class AtEpochEnd:
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_epoch_end(self, epoch: int, logs: Any) -> None:
+            self.counts.append(len(compiled))
+
+    handler, at_end = Compiles(level=logging.WARNING), AtEpochEnd()
+    logger = logging.getLogger("jax")
+    case = Case("jax", None, "jax")
+    config = CONFIGS["adam-wd-ce-probs-gelu-l2-cosine"]
+    (model, loss, opt, schedule), _ = _pair(case, "float32", config)
+    x, y = _batch(case, "float32", config.target, seed=5, n=37)
+    xv, yv = _batch(case, "float32", config.target, seed=6, n=11)
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            pm.fit(
+                model,
+                loss,
+                opt,
+                x,
+                y,
+                epochs=4,
+                batch_size=16,
+                rng=0,
+                schedule=schedule,
+                alpha=config.alpha,
+                validation=(xv, yv),
+                eval_set=(xv, yv),
+                callbacks=[at_end],
+            )
+    finally:
+        logger.removeHandler(handler)
+    assert traces == [(16, SIZES[0]), (5, SIZES[0])], traces
+    assert compiled.count("jit(captured_epoch)") == 1, compiled
+    assert "jit(captured_step)" not in compiled, compiled
+    assert at_end.counts[1:] == [at_end.counts[0]] * 3, (at_end.counts, compiled)
+    assert opt.steps == 4 * 3
 
 
 def _misuse(case: Case) -> list[tuple[str, Any, Any]]:

@@ -26,13 +26,17 @@ from . import metrics
 from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
-from .compiled import backward_and_update, compile_step
+from .compiled import StepPlan, backward_and_update, compile_step
 from .layers import Module
 from .losses import Loss, SampleWeightedLoss
 from .optim import LRScheduler, Optimizer
 
 Step = Callable[[Array, Array], Array]
 """``step(x, y) -> 0-d batch loss``: one update of the model from a batch (see :func:`fit`)."""
+
+Scan = Callable[[Callable[[Any, Any], tuple[Any, Any]], Any, Any], tuple[Any, Any]]
+"""``scan(f, carry, xs) -> (carry, ys)``: a backend's loop over the leading axis of ``xs``
+(``jax.lax.scan``), handed to a captured epoch by the backend."""
 
 
 class TrainingError(FloatingPointError):
@@ -168,6 +172,9 @@ def fit(
 
     Each step is :func:`~portable_mlp.compile_step`'s captured step (``compile=False``: the eager
     ``train_step(model, loss, optimizer, x, y, alpha=alpha)``; both give the same updates).
+    Where the backend captures whole epochs (JAX on one device, dense ``X``), an epoch of those
+    steps, its gathers and its validation and eval values are one compiled call; the progress
+    bar then moves once per epoch.
     ``step(x, y)`` replaces either (a step built once and reused across calls, say); its ``y``
     is in the loss's working form and ``alpha`` then belongs to it. ``callbacks``: objects with
     ``on_epoch_end`` (:class:`Callback`).
@@ -199,7 +206,7 @@ def fit(
     where = optimizer.placement
     if distributed is None:  # torch.distributed's collectives work in place
         distributed = dist.is_initialized() and dist.world_size() > 1 and where.mutable
-    optimizer, step = _the_step(model, loss, optimizer, step, alpha, compile, distributed)
+    optimizer, step, plan = _the_step(model, loss, optimizer, step, alpha, compile, distributed)
     val = None if validation is None else _working_data(where, model, loss, *validation, "X_val")
     ev = None if eval_set is None else _working_data(where, model, loss, *eval_set, "X_eval")
     # The train set goes last: a cross-entropy loss remembers whether its targets were labels,
@@ -207,7 +214,7 @@ def fit(
     data = _working_data(where, model, loss, X, Y, "X")
     if score is None and (val is not None or ev is not None):
         score = metrics.for_loss(loss)
-    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score, distributed)
+    run = _Run(model, loss, optimizer, step, data, batch_size, val, ev, score, distributed, plan)
     history = _resumed(History() if history is None else history, val, ev)
     if distributed and shuffle and rng is None:
         rng = dist.shared_seed()  # rank 0's fresh seed: one epoch order for all ranks
@@ -230,9 +237,11 @@ def _the_step(
     alpha: float,
     compile: bool,
     distributed: bool,
-) -> tuple[Optimizer, Step]:
+) -> tuple[Optimizer, Step, StepPlan | None]:
     """The optimizer and step :func:`fit` runs: the captured step, the eager one, the caller's,
-    or (across processes) the eager step through a :class:`DistributedOptimizer`."""
+    or (across processes) the eager step through a :class:`DistributedOptimizer`; and the
+    captured step's plan, from which a backend may capture whole epochs."""
+    plan = None
     if distributed:
         if step is not None:
             raise TypeError("fit(distributed=True) makes its own step; got step=")
@@ -254,11 +263,12 @@ def _the_step(
         step = functools.partial(train_step, model, loss, optimizer, alpha=share, check=False)
     elif step is None and compile:
         step = compile_step(model, loss, optimizer, alpha=alpha)
+        plan = StepPlan(model, loss, optimizer, alpha)  # the same step, for a captured epoch
     elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:
         raise TypeError("fit() got step= and alpha=: build the step with its alpha instead")
-    return optimizer, step
+    return optimizer, step, plan
 
 
 def _check_ranks_agree(run: _Run, epochs: int, order_rng: Any) -> None:
@@ -350,6 +360,7 @@ class _Run:
         eval_set: tuple[Array, Array] | None,
         score: metrics.Score | None,
         distributed: bool,
+        plan: StepPlan | None = None,
     ) -> None:
         self.model, self.loss, self.optimizer, self.step = model, loss, optimizer, step
         self.where: Placement = optimizer.placement
@@ -371,6 +382,10 @@ class _Run:
             self.shards, self.ranks = [(r.start, r.stop) for r in shares], self.sampler.world_size
         # A mean loss times the batch's rows sums the epoch's loss; a summed loss already does.
         self.per_row = loss.reduction == "mean"
+        # Where the backend captures a whole epoch of the captured step (JAX), an epoch is one
+        # compiled call; sparse rows are densified on the host batch by batch, so step by step.
+        captured = None if plan is None or self.sparse else _CapturedEpoch(self, plan)
+        self.captured = None if captured is None or captured.compiled is None else captured
 
     # ---- the epochs
     def epochs(
@@ -418,21 +433,26 @@ class _Run:
         epoch = history.n_epochs + 1
         lr = self.optimizer.lr
         snapshot = self._snapshot()
-        if bar is not None:
-            bar.start_epoch(epoch, len(self.bounds))
         with self.where.floating_point_errors_quiet():
-            step_losses = self._steps(order, bar)
-            parts = [functools.reduce(operator.add, step_losses), self._finite()]
-            if self.eval_set is not None:
-                parts += self._evaluate(*self.eval_set)
-            if self.validation is not None:
-                parts.append(self._evaluate(*self.validation)[1])
-            xp, dtype = self.xp, self.where.dtype
-            values = self.where.to_host(xp.stack([xp.astype(p, dtype) for p in parts]))  # the read
+            if self.captured is not None:
+                if bar is not None:
+                    bar.start_epoch(epoch, 1)  # one call steps the whole epoch
+                step_losses, summed, report = self.captured(order)
+                if bar is not None:
+                    bar.step([summed], self.n)
+            else:
+                if bar is not None:
+                    bar.start_epoch(epoch, len(self.bounds))
+                steps = self._steps(order, bar)
+                summed = functools.reduce(operator.add, steps)
+                report = self._report(summed, self.validation, self.eval_set)
+            values = self.where.to_host(report)  # the read
         total, finite, *scores = (float(v) for v in values)
         total, finite = self._agreed([total, finite])
         loss = total / self.n
         if not (math.isfinite(loss) and finite == self.ranks):
+            if self.captured is None:
+                step_losses = self.xp.stack(steps)
             with self.where.floating_point_errors_quiet():
                 self._recover(epoch, snapshot, order, step_losses)
         history.n_epochs, history.samples = epoch, history.samples + self.n
@@ -526,6 +546,22 @@ class _Run:
             x = self.xp.take(self.X, idx, axis=0)
         return x, self.xp.take(self.T, idx, axis=0)
 
+    def _report(
+        self,
+        summed: Array,
+        validation: tuple[Array, Array] | None,
+        eval_set: tuple[Array, Array] | None,
+    ) -> Array:
+        """What an epoch reads back, as one array: the summed loss, whether every weight is
+        finite, the eval set's loss and score, the validation score (as far as there are sets)."""
+        parts = [summed, self._finite()]
+        if eval_set is not None:
+            parts += self._evaluate(*eval_set)
+        if validation is not None:
+            parts.append(self._evaluate(*validation)[1])
+        xp, dtype = self.xp, self.where.dtype
+        return xp.stack([xp.astype(p, dtype) for p in parts])
+
     def _evaluate(self, X: Array, T: Array) -> list[Array]:
         """Mean loss and score of the model on prepared data, as 0-d arrays (no read-back)."""
         assert self.score is not None
@@ -554,10 +590,10 @@ class _Run:
         self.model.set_parameters({k: self.xp.asarray(v, copy=True) for k, v in params.items()})
         self.optimizer.load_state_dict(opt_state)
 
-    def _recover(self, epoch: int, snapshot: Any, order: _Order, step_losses: list[Array]) -> None:
-        """Replay the epoch up to the last step that kept loss and weights finite, then raise."""
-        to_float = self.where.to_host  # the failure path: a read per step is fine here
-        values = self._agreed([float(to_float(v)) for v in step_losses])
+    def _recover(self, epoch: int, snapshot: Any, order: _Order, step_losses: Array) -> None:
+        """Replay the epoch up to the last step that kept loss and weights finite, then raise;
+        ``step_losses``: each step's summed loss, a 1-d array."""
+        values = self._agreed([float(v) for v in self.where.to_host(step_losses)])
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), len(values))
         self._restore(snapshot)
         good, kept = snapshot, 0
@@ -575,3 +611,95 @@ class _Run:
             f"{len(self.bounds)}; the model keeps the last finite weights (after {kept} step(s) "
             f"of epoch {epoch}). {TrainingError.advice}"
         )
+
+
+class _CapturedEpoch:
+    """A whole epoch of the captured step as one compiled call, where the backend captures one
+    (its table entry's ``capture_epoch``; JAX).
+
+    :meth:`captured_epoch` is the epoch as a pure function: the batches are gathered on the
+    device in the epoch's order, the full ones stepped by the backend's ``scan`` over
+    :meth:`StepPlan.captured_step`, a short last one stepped after them; then the epoch's
+    report (:meth:`_Run._report`) is made with the new weights swapped into the model. So an
+    epoch is one call and one read-back, and it compiles once per run.
+    """
+
+    def __init__(self, run: _Run, plan: StepPlan) -> None:
+        self.run, self.plan = run, plan
+        # None: the backend steps an epoch step by step.
+        self.compiled = run.where.backend.capture_epoch(self.captured_epoch, run.device)
+
+    def __call__(self, order: _Order) -> tuple[Array, Array, Array]:
+        """One epoch in ``order``: each step's summed loss (1-d), their sum and the report, all
+        on the device; the model, its gradients and the optimizer are left as the steps leave
+        them."""
+        run, plan, opt, where = self.run, self.plan, self.plan.optimizer, self.run.where
+        assert self.compiled is not None
+        # The parameters' dtype: the step count's powers in Adam's bias correction keep it.
+        lr, steps = (
+            where.xp.asarray(float(v), dtype=where.dtype, device=where.device)
+            for v in (opt.lr, opt.steps)
+        )
+        indices = None if order is None else order[0]
+        params, state, grads, losses, summed, report = self.compiled(
+            plan.params(), opt.state, lr, steps, run.X, run.T, indices, run.validation, run.eval_set
+        )
+        plan.set_params(params)
+        opt.state = state
+        plan.set_grads(grads)
+        opt.steps += len(run.bounds)
+        return losses, summed, report
+
+    def captured_epoch(
+        self,
+        scan: Scan,
+        params: list[Array],
+        state: Any,
+        lr: Array,
+        steps: Array,
+        X: Array,
+        T: Array,
+        order: Array | None,
+        validation: tuple[Array, Array] | None,
+        eval_set: tuple[Array, Array] | None,
+    ) -> tuple[list[Array], Any, list[Array], Array, Array, Array]:
+        """The epoch as a pure function, for a tracing compiler: (``scan``, parameters,
+        optimizer state, learning rate, step count, X, T, order or None, validation and eval
+        sets) -> (new parameters, new state, the last gradients, each step's summed loss, their
+        sum, the report)."""
+        run, plan, xp = self.run, self.plan, self.run.xp
+        n, b = X.shape[0], run.bounds[0][1]
+        full = n // b  # rows full * b onwards: the short last batch
+        rows = full * b
+
+        def batch(item: Any) -> tuple[Array, Array]:
+            if order is None:  # the rows themselves
+                return item  # type: ignore[no-any-return]
+            return xp.take(X, item, axis=0), xp.take(T, item, axis=0)
+
+        def step(carry: Any, item: Any) -> tuple[Any, Array]:
+            params, state, steps, _ = carry
+            x, y = batch(item)
+            params, state, steps, grads, value = plan.captured_step(params, state, lr, steps, x, y)
+            summed = value * float(x.shape[0]) if run.per_row else value
+            return (params, state, steps, grads), summed
+
+        if order is None:
+            items: Any = tuple(xp.reshape(a[:rows, ...], (full, b, *a.shape[1:])) for a in (X, T))
+        else:
+            items = xp.reshape(order[:rows], (full, b))
+        grads = [xp.zeros_like(p) for p in params]
+        carry, losses = scan(step, (params, state, steps, grads), items)
+        if rows < n:
+            last = (X[rows:, ...], T[rows:, ...]) if order is None else order[rows:]
+            carry, value = step(carry, last)
+            losses = xp.concat([losses, xp.reshape(value, (1,))])
+        params, state, _, grads = carry
+        summed = xp.sum(losses)
+        saved = plan.params()
+        plan.set_params(params)  # the report on the new weights
+        try:
+            report = run._report(summed, validation, eval_set)
+        finally:
+            plan.set_params(saved)
+        return params, state, grads, losses, summed, report

@@ -201,6 +201,13 @@ class Backend:
         step with its calls looked up once (no compiler, no graph)."""
         return plan.eager()
 
+    def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
+        """A whole epoch of the captured step as one compiled call, for ``fit`` on ``device``:
+        ``epoch(scan, params, state, lr, steps, ...)`` is a pure function that steps with the
+        ``scan`` given (``scan(f, carry, xs) -> (carry, ys)``); parameters and state may be
+        donated. By default None: ``fit`` calls the step once per batch."""
+        return None
+
 
 def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     if dev not in list(devices):
@@ -506,6 +513,15 @@ class _Jax(Backend):
         # Donated parameters, state and step count let XLA update them in place; the learning
         # rate and count are arrays, so new values never retrace.
         return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1, 3)))
+
+    def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
+        if getattr(device, "mesh", None) is not None:
+            return None  # a mesh splits each batch over its devices as it comes (shard_batch)
+        import jax
+
+        # One dispatch and one compilation for all of an epoch's steps, its gathers and its
+        # report: eager ops around a step would each compile once and dispatch every batch.
+        return jax.jit(functools.partial(epoch, jax.lax.scan), donate_argnums=(0, 1))
 
 
 @functools.cache
