@@ -8,6 +8,8 @@ silent skip. Test modules import what they need from ``portable_mlp.testing``, n
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import portable_mlp as pm
@@ -21,6 +23,11 @@ except pm.BackendError as exc:
 
 for _name in SELECTED:
     TABLE[_name].enable_float64()  # before any float64 array is made
+
+# The command line run in-process keeps JAX's compiled programs in the user's cache folder by
+# default, which would switch JAX's disk cache on for the rest of the session; the tests of that
+# cache run the command in a process of its own.
+os.environ["PORTABLE_MLP_COMPILE_CACHE"] = "off"
 
 CASES = cases(SELECTED)
 

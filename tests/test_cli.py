@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +324,35 @@ def test_an_unknown_option_is_one_line_naming_its_command(
         "portable-mlp train: error: unrecognized arguments: --bogus 1 "
         "(see portable-mlp train --help)\n"
     )
+
+
+@pytest.mark.skipif("jax" not in selected_backends(), reason="JAX is not in this run")
+def test_jax_keeps_its_compiled_programs_between_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    train = [sys.executable, "-m", "portable_mlp", "train", "--backend", "jax", "--epochs", "2"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env.pop("PORTABLE_MLP_COMPILE_CACHE")
+    counts = []
+    for _ in range(2):
+        argv = [*train, "--quiet", "--compile-cache", str(folder)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        counts.append(len(list(folder.iterdir())))
+    # The second run finds every program it needs: it compiles, and so writes, nothing new.
+    assert counts[0] > 0 and counts[1] == counts[0]
+    assert folder.stat().st_mode & 0o077 == 0  # the user's own: JAX runs what it finds there
+    assert not (tmp_path / "xdg").exists()  # the option, not the default folder
+    # By default the user's cache folder; "off" keeps nothing.
+    for option, made in (([], True), (["--compile-cache", "off"], False)):
+        shutil.rmtree(tmp_path / "xdg", ignore_errors=True)
+        done = subprocess.run(
+            [*train, "--quiet", *option], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "xdg" / "portable-mlp" / "compiled").is_dir() == made
+
+
+def test_a_backend_that_does_not_compile_keeps_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    status = main(["train", "--epochs", "2", "--quiet", "--compile-cache", str(folder)])
+    assert status == 0 and not folder.exists()

@@ -217,6 +217,13 @@ def _backend_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("float32", "float64"),
         help="default: the backend's default floating dtype",
     )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="where a compiling backend (JAX) keeps its compiled programs between runs, or "
+        "'off' (default: $PORTABLE_MLP_COMPILE_CACHE, else portable-mlp/compiled in the user's "
+        "cache folder)",
+    )
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -305,8 +312,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    if args.dtype == "float64":
-        _enable_float64(args.backend)
+    _prepare_backend(args, args.dtype)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # ConvergenceWarning is one
@@ -333,10 +339,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _enable_float64(backend: str) -> None:
-    """float64 where the backend must be told before any array is made (JAX): a shell user
-    cannot call jax.config.update."""
-    _backend.backend_of(_backend.namespace(backend)).enable_float64()
+def _prepare_backend(args: argparse.Namespace, dtype: str | None) -> None:
+    """The backend imported and set up before any array is made or timed: float64 where the
+    backend must be told (JAX; a shell user cannot call jax.config.update), and the folder where
+    a compiling backend keeps its programs, so that a second run does not compile again."""
+    entry = _backend.backend_of(_backend.namespace(args.backend))
+    if dtype == "float64":
+        entry.enable_float64()
+    folder = args.compile_cache or os.environ.get("PORTABLE_MLP_COMPILE_CACHE")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "portable-mlp", "compiled")
+    if folder != "off":
+        entry.keep_compiled(folder)
+    _backend.placement(args.backend, args.device, dtype)  # refused here, if it is wrong
 
 
 def _report(
@@ -428,8 +444,7 @@ def _plot(clf: MLPClassifier, path: Path, source: str) -> None:
 
 # ---------------------------------------------------------------------------- predict
 def _predict(args: argparse.Namespace) -> int:
-    if (args.dtype or checkpoints.stored_dtype(args.model)) == "float64":
-        _enable_float64(args.backend)
+    _prepare_backend(args, args.dtype or checkpoints.stored_dtype(args.model))
     clf = checkpoints.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     if not isinstance(clf, MLPClassifier):
         raise CheckpointError(

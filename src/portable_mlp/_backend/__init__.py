@@ -21,6 +21,7 @@ import contextlib
 import functools
 import importlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
@@ -168,7 +169,19 @@ class Backend:
     def float64_hint(self) -> str:
         return ""
 
+    # ---- compiled programs
+    def keep_compiled(self, directory: str) -> bool:
+        """Keep the programs the backend compiles in ``directory`` across runs (before the
+        first compilation); whether it compiles programs at all (by default it does not)."""
+        return False
+
     # ---- moving and waiting
+    def from_host(self, a: np.ndarray[Any, Any], xp: ModuleType, dtype: Any, device: Any) -> Array:
+        """A copy of the host array ``a`` (already cast to ``dtype``, one of ``xp``'s dtypes)
+        on ``device``."""
+        # copy=True: a parameter updated in place must never write into the caller's array.
+        return xp.asarray(a, dtype=dtype, device=device, copy=True)
+
     def to_host(self, x: Array) -> np.ndarray[Any, Any]:
         """A host NumPy copy (a transfer from an accelerator)."""
         return np.array(x, copy=True)
@@ -486,6 +499,25 @@ class _Jax(Backend):
 
     def enable_float64(self) -> None:
         importlib.import_module("jax").config.update("jax_enable_x64", True)
+
+    def keep_compiled(self, directory: str) -> bool:
+        # The folder is trusted code: the user's own, closed to others (JAX's warning).
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        config = importlib.import_module("jax").config
+        # Every program, however small or quick to compile: a training run's eager operations
+        # compile once each, and together they take as long as its captured epoch.
+        config.update("jax_compilation_cache_dir", directory)
+        config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        return True
+
+    def from_host(self, a: np.ndarray[Any, Any], xp: ModuleType, dtype: Any, device: Any) -> Array:
+        import jax
+
+        # jnp.asarray with a dtype and copy=True compiles a conversion and a copy for each new
+        # shape; a plain transfer compiles nothing. may_alias=False: never the caller's buffer
+        # (a donated parameter would free it).
+        return jax.device_put(a, device, may_alias=False)
 
     def float64_hint(self) -> str:
         return "; enable it with jax.config.update('jax_enable_x64', True) before making arrays"
@@ -1052,10 +1084,10 @@ def placement_of(x: Array) -> Placement:
 def from_numpy(a: Any, *, xp: ModuleType, dtype: Any = None, device: Any = None) -> Any:
     """Copy a host array onto ``xp``'s ``device`` with ``dtype`` (cast on the host first)."""
     a = np.asarray(a)
-    if dtype is not None:
-        a = a.astype(numpy_dtype(dtype), copy=False)
-    # copy=True: a parameter updated in place must never write into the caller's host array.
-    return xp.asarray(a, dtype=dtype, device=device, copy=True)
+    if dtype is None:
+        # copy=True: a parameter updated in place must never write into the caller's array.
+        return xp.asarray(a, device=device, copy=True)
+    return backend_of(xp).from_host(a.astype(numpy_dtype(dtype), copy=False), xp, dtype, device)
 
 
 def to_numpy(x: Any) -> np.ndarray[Any, Any]:
