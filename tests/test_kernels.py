@@ -47,6 +47,12 @@ def test_kernels_match_the_portable_forms(case: Case, dtype: str) -> None:
         dtype=dtype,
         tol=0.0,
     )
+    for axis in (0, None):
+        total = kernels.sum(x, axis)
+        assert_close(
+            total, pm.to_numpy(case.xp.sum(x, axis=axis)), case=case, dtype=dtype, tol=0.0
+        )
+        assert total.ndim == (0 if axis is None else 1)
     params = [case.xp.asarray(W, copy=True), case.xp.asarray(b, copy=True)]
     updated = kernels.add_scaled(params, [W, b], -0.5)
     assert_close(updated[0], pm.to_numpy(W) * 0.5, case=case, dtype=dtype)

@@ -63,6 +63,7 @@ class Kernels:
     relu_backward: Callable[[Array, Array], Array]  # (dy, y) -> dy where y > 0, else 0
     # (params, grads, a) -> [p + a g]: in place (the same arrays back) where arrays are mutable
     add_scaled: Callable[[list[Array], list[Array], float], list[Array]]
+    sum: Callable[[Array, int | None], Array]  # (x, axis) -> xp.sum(x, axis=axis)
 
 
 def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
@@ -81,6 +82,7 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
         relu=lambda x: F.relu(x, xp=xp),
         relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
         add_scaled=add_scaled,
+        sum=lambda x, axis: xp.sum(x, axis=axis),
     )
 
 
@@ -225,6 +227,19 @@ class _NumPy(Backend):
         # itself and raises one clear error instead.
         return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
+    def kernels(self, xp: ModuleType) -> Kernels:
+        def relu_backward(dy: Array, y: Array) -> Array:
+            return dy * (y > 0)  # dy * 1 or dy * 0, as the portable form; NumPy multiplies bools
+
+        # np.sum is a Python wrapper around np.add.reduce (the same pairwise sum), costing as
+        # much again as the reduction itself on a small array; compat's astype is another
+        # wrapper call. Small steps are made of such calls.
+        return replace(
+            portable_kernels(xp, mutable=self.mutable),
+            relu_backward=relu_backward,
+            sum=lambda x, axis: np.add.reduce(x, axis=axis),
+        )
+
     def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
         # NumPy (and array-api-strict, which computes with it) obeys np.seterr: under
         # np.seterr(all="raise"), exp(-100) in float32 raises FloatingPointError("underflow"),
@@ -239,6 +254,9 @@ class _Strict(_NumPy):
 
     def namespace_of_module(self, mod: ModuleType) -> ModuleType:
         return mod
+
+    def kernels(self, xp: ModuleType) -> Kernels:
+        return Backend.kernels(self, xp)  # strict arrays refuse NumPy's functions
 
     def test_devices(self) -> list[Any]:
         # device1: a non-default device, so any result that lands on the default is caught.
@@ -334,12 +352,19 @@ class _Torch(Backend):
             torch._foreach_add_(params, grads, alpha=a)
             return params
 
+        def sum_(x: Array, axis: int | None) -> Array:
+            return torch.sum(x) if axis is None else torch.sum(x, axis)
+
         # Every compat-wrapped call costs microseconds of type promotion and scalar wrapping,
         # which dominates small steps. addmm does x W + b in one kernel with no temporary; relu
         # and threshold_backward (autograd's own ReLU gradient) are one kernel each where the
         # portable forms take two to four; one _foreach_add_ updates all parameters at once.
         return Kernels(
-            linear=linear, relu=torch.relu, relu_backward=relu_backward, add_scaled=add_scaled
+            linear=linear,
+            relu=torch.relu,
+            relu_backward=relu_backward,
+            add_scaled=add_scaled,
+            sum=sum_,
         )
 
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
