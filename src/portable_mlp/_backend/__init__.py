@@ -64,6 +64,10 @@ class Kernels:
     # (params, grads, a) -> [p + a g]: in place (the same arrays back) where arrays are mutable
     add_scaled: Callable[[list[Array], list[Array], float], list[Array]]
     sum: Callable[[Array, int | None], Array]  # (x, axis) -> xp.sum(x, axis=axis)
+    # (z, y, e, reduction) -> BCE of logits z against y, e = exp(-|z|): functional.bce_with_logits
+    bce_with_logits: Callable[[Array, Array, Array, str], Array]
+    # (z, y, e, reduction) -> its dL/dz: functional.bce_with_logits_backward
+    bce_with_logits_backward: Callable[[Array, Array, Array, str], Array]
 
 
 def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
@@ -83,6 +87,12 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
         relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
         add_scaled=add_scaled,
         sum=lambda x, axis: xp.sum(x, axis=axis),
+        bce_with_logits=lambda z, y, e, reduction: F.bce_with_logits(
+            z, y, reduction=reduction, xp=xp, e=e  # type: ignore[arg-type]
+        ),
+        bce_with_logits_backward=lambda z, y, e, reduction: F.bce_with_logits_backward(
+            z, y, reduction=reduction, xp=xp, e=e  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -355,6 +365,33 @@ class _Torch(Backend):
         def sum_(x: Array, axis: int | None) -> Array:
             return torch.sum(x) if axis is None else torch.sum(x, axis)
 
+        # A Python number in a CPU op is wrapped into a tensor and converted on every call, which
+        # costs as much again as the op on a small array; 0-d tensors of the operand's dtype and
+        # device are made once (outside any CUDA-graph capture: the warm-up step makes them).
+        constants: dict[tuple[float, Any, Any], Array] = {}
+
+        def constant(value: float, like: Array) -> Array:
+            key = (value, like.dtype, like.device)
+            c = constants.get(key)
+            if c is None:
+                c = constants[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+            return c
+
+        def bce_with_logits(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            per_element = torch.relu(z) - z * y + torch.log1p(e)
+            if reduction == "none":
+                return per_element
+            total = torch.sum(per_element)
+            return total / constant(z.numel(), z) if reduction == "mean" else total
+
+        def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            one = constant(1.0, z)
+            tail = e / (one + e)
+            # where, not the portable form's arithmetic selection: bit for bit the same values
+            # (tests/test_kernels.py), in fewer kernels on arrays this small.
+            dz = torch.where(z >= constant(0.0, z), (one - y) - tail, tail - y)
+            return dz * constant(1.0 / z.numel(), z) if reduction == "mean" else dz
+
         # Every compat-wrapped call costs microseconds of type promotion and scalar wrapping,
         # which dominates small steps. addmm does x W + b in one kernel with no temporary; relu
         # and threshold_backward (autograd's own ReLU gradient) are one kernel each where the
@@ -365,6 +402,8 @@ class _Torch(Backend):
             relu_backward=relu_backward,
             add_scaled=add_scaled,
             sum=sum_,
+            bce_with_logits=bce_with_logits,
+            bce_with_logits_backward=bce_with_logits_backward,
         )
 
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
