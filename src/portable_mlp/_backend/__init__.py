@@ -300,6 +300,11 @@ class _Strict(_NumPy):
         return np.array(np.from_dlpack(x), copy=True)
 
 
+# Above this many elements torch.where on a random sign pattern is slower than the portable
+# arithmetic selection (it branches per element); below it, the kernels saved count more.
+_WHERE_MAX = 8192
+
+
 @dataclass(frozen=True)
 class _Torch(Backend):
     def namespace_of_module(self, mod: ModuleType) -> ModuleType:
@@ -387,9 +392,14 @@ class _Torch(Backend):
         def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: str) -> Array:
             one = constant(1.0, z)
             tail = e / (one + e)
-            # where, not the portable form's arithmetic selection: bit for bit the same values
-            # (tests/test_kernels.py), in fewer kernels on arrays this small.
-            dz = torch.where(z >= constant(0.0, z), (one - y) - tail, tail - y)
+            z_pos = z >= constant(0.0, z)
+            if z.numel() <= _WHERE_MAX:
+                # bit for bit the portable form's arithmetic selection (tests/test_kernels.py),
+                # in three kernels fewer
+                dz = torch.where(z_pos, (one - y) - tail, tail - y)
+            else:
+                m = z_pos.to(z.dtype)
+                dz = (m - y) + tail * (one - (m + m))
             return dz * constant(1.0 / z.numel(), z) if reduction == "mean" else dz
 
         # Every compat-wrapped call costs microseconds of type promotion and scalar wrapping,
