@@ -213,6 +213,11 @@ def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     return dev
 
 
+# Above this many elements NumPy's and torch's where on a random sign pattern are slower than
+# the portable arithmetic selection (they branch per element); below, the calls saved count more.
+_WHERE_MAX = 8192
+
+
 @dataclass(frozen=True)
 class _NumPy(Backend):
     is_host: bool = True
@@ -238,16 +243,30 @@ class _NumPy(Backend):
         return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
     def kernels(self, xp: ModuleType) -> Kernels:
+        portable = portable_kernels(xp, mutable=self.mutable)
+
         def relu_backward(dy: Array, y: Array) -> Array:
             return dy * (y > 0)  # dy * 1 or dy * 0, as the portable form; NumPy multiplies bools
+
+        def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            if z.size <= _WHERE_MAX:
+                try:
+                    tail = e / (1.0 + e)
+                    # bit for bit the portable form's arithmetic selection, in fewer calls
+                    dz = np.where(z >= 0, (1.0 - y) - tail, tail - y)
+                    return dz * (1.0 / z.size) if reduction == "mean" else dz
+                except FloatingPointError:
+                    pass  # an error state that raises: the portable form knows which are right
+            return portable.bce_with_logits_backward(z, y, e, reduction)
 
         # np.sum is a Python wrapper around np.add.reduce (the same pairwise sum), costing as
         # much again as the reduction itself on a small array; compat's astype is another
         # wrapper call. Small steps are made of such calls.
         return replace(
-            portable_kernels(xp, mutable=self.mutable),
+            portable,
             relu_backward=relu_backward,
             sum=lambda x, axis: np.add.reduce(x, axis=axis),
+            bce_with_logits_backward=bce_with_logits_backward,
         )
 
     def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
@@ -298,11 +317,6 @@ class _Strict(_NumPy):
     def to_host(self, x: Array) -> np.ndarray[Any, Any]:
         # Strict refuses __array__ off its CPU device; DLPack works from any of its devices.
         return np.array(np.from_dlpack(x), copy=True)
-
-
-# Above this many elements torch.where on a random sign pattern is slower than the portable
-# arithmetic selection (it branches per element); below it, the kernels saved count more.
-_WHERE_MAX = 8192
 
 
 @dataclass(frozen=True)
@@ -360,8 +374,10 @@ class _Torch(Backend):
         def linear(x: Array, W: Array, b: Array | None) -> Array:
             return x @ W if b is None else torch.addmm(b, x, W)
 
+        threshold_backward = torch.ops.aten.threshold_backward.default  # no overload lookup
+
         def relu_backward(dy: Array, y: Array) -> Array:
-            return torch.ops.aten.threshold_backward(dy, y, 0)
+            return threshold_backward(dy, y, 0)
 
         def add_scaled(params: list[Array], grads: list[Array], a: float) -> list[Array]:
             torch._foreach_add_(params, grads, alpha=a)
