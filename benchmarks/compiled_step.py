@@ -86,7 +86,8 @@ def main() -> None:
                 time_block(m, cpu)
         refs = {(m.method, m.backend): m for m in timed}
         for m in timed:
-            ref = refs.get(YARDSTICK[m.backend], m) if m.method in (methods.PM, methods.CAPTURED) else m
+            ours = m.method in (methods.PM, methods.CAPTURED)
+            ref = refs[YARDSTICK[m.backend]] if ours else m
             wall, ref_wall = statistics.median(m.times), statistics.median(ref.times)
             own, ref_cpu = statistics.median(cpu[id(m)]), statistics.median(cpu[id(ref)])
             print(

@@ -49,9 +49,7 @@ def test_kernels_match_the_portable_forms(case: Case, dtype: str) -> None:
     )
     for axis in (0, None):
         total = kernels.sum(x, axis)
-        assert_close(
-            total, pm.to_numpy(case.xp.sum(x, axis=axis)), case=case, dtype=dtype, tol=0.0
-        )
+        assert_close(total, pm.to_numpy(case.xp.sum(x, axis=axis)), case=case, dtype=dtype, tol=0.0)
         assert total.ndim == (0 if axis is None else 1)
     rng = np.random.default_rng(1)
     extremes = np.array([[-3.0, -0.0, 0.0, 2.5], [-1e4, 1e4, 30.0, -30.0]])

@@ -81,18 +81,20 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
             p += a * g
         return params
 
+    def bce_with_logits(z: Array, y: Array, e: Array, reduction: Any) -> Array:
+        return F.bce_with_logits(z, y, reduction=reduction, xp=xp, e=e)
+
+    def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: Any) -> Array:
+        return F.bce_with_logits_backward(z, y, reduction=reduction, xp=xp, e=e)
+
     return Kernels(
         linear=lambda x, W, b: F.linear(x, W, b, xp=xp),
         relu=lambda x: F.relu(x, xp=xp),
         relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
         add_scaled=add_scaled,
         sum=lambda x, axis: xp.sum(x, axis=axis),
-        bce_with_logits=lambda z, y, e, reduction: F.bce_with_logits(
-            z, y, reduction=reduction, xp=xp, e=e  # type: ignore[arg-type]
-        ),
-        bce_with_logits_backward=lambda z, y, e, reduction: F.bce_with_logits_backward(
-            z, y, reduction=reduction, xp=xp, e=e  # type: ignore[arg-type]
-        ),
+        bce_with_logits=bce_with_logits,
+        bce_with_logits_backward=bce_with_logits_backward,
     )
 
 
