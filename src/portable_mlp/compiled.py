@@ -108,6 +108,9 @@ class StepPlan:
         # What a batch that passes the full checks looks like (see check()).
         linears = [leaf for _, leaf, _ in self.slots if isinstance(leaf, Linear)]
         self._features = linears[0].p_in if linears else None
+        # Multiply-adds per batch row of the largest matrix product (a backend may pick its
+        # threading by the size of the work).
+        self.widest = max((m.p_in * m.p_out for m in linears), default=0)
         self._array_types: set[type] = set()
         optimizer.init_state()
 
