@@ -8,7 +8,8 @@ backend's choice (its table entry's ``capture_step`` in ``_backend``):
   rate, step count, x, y), parameters and state donated; traced once per batch shape.
 - torch and CuPy on a CUDA device: a CUDA graph over static input buffers, the learning rate and
   step count in device scalars; captured once per batch shape.
-- the others (NumPy, array-api-strict, torch on the CPU): the eager step, its calls looked up once.
+- the others (NumPy, array-api-strict, torch on the CPU): the eager step, its calls looked up once
+  (torch on the CPU runs a step of small matrix products on one intra-op thread).
 
 There is one code path for the math: a capture runs the eager layers, loss and optimizer on
 traced or captured arrays swapped into them (:class:`StepPlan`). This module never imports a
