@@ -3,13 +3,13 @@
     PYTHONPATH=src python benchmarks/compiled_step.py [--sizes S M] [--device cpu|cuda]
                                                       [--backends numpy torch ...] [--rounds N]
 
-The sizes, models (float32, plain SGD), yardsticks and the round-robin timing are bench.py's:
-the hand-written NumPy loop of the same math for NumPy and array-api-strict, PyTorch eager
-(nn.Linear, autograd, torch.optim.SGD) for torch and CuPy, ``jax.jit`` of a value-and-grad step
-for JAX. Each method's time is the median over rounds of its mean step time in a block, as wall
-time and as the process's CPU time (all its threads; steadier where other processes share the
-cores, and meaningful with one thread per library: OMP_NUM_THREADS=1 and so on); ratios are to
-the yardstick in the same run.
+The sizes, models (float32, plain SGD), yardsticks and the round-robin timing are bench.py's
+(methods.py, timing.py): the hand-written NumPy loop of the same math for NumPy and
+array-api-strict, PyTorch eager (nn.Linear, autograd, torch.optim.SGD) for torch and CuPy,
+``jax.jit`` of a value-and-grad step for JAX. Each method's time is the median over rounds of
+its mean step time in a block, as wall time and as the process's CPU time (all its threads;
+steadier where other processes share the cores, and meaningful with one thread per library:
+OMP_NUM_THREADS=1 and so on); ratios are to the yardstick in the same run.
 Prints a Markdown table; nothing here is a test.
 """
 
@@ -19,97 +19,81 @@ import argparse
 import os
 import statistics
 import time
-from typing import Any
 
-import bench
+import methods
+import timing
 
-import portable_mlp as pm
-
-COMPILED = "compile_step"
 YARDSTICK = {
-    "numpy": bench.LOOP,
-    "array_api_strict": bench.LOOP,
-    "torch": bench.EAGER,
-    "cupy": bench.EAGER,
-    "jax": bench.JIT,
+    "numpy": (methods.LOOP, "numpy"),
+    "array_api_strict": (methods.LOOP, "numpy"),
+    "torch": (methods.EAGER, "torch"),
+    "cupy": (methods.EAGER, "torch"),
+    "jax": (methods.JIT, "jax"),
+}
+MAKERS = {
+    methods.LOOP: methods.numpy_loop_method,
+    methods.EAGER: methods.torch_eager_method,
+    methods.JIT: methods.jax_jit_method,
+    methods.PM: methods.pm_method,
+    methods.CAPTURED: methods.captured_method,
 }
 
 
-def compiled_method(size: bench.Size, backend: str, device: str) -> bench.Method:
-    model, loss, opt, x, y = bench.build_pm(size, backend, device, "float32")
-    step = pm.compile_step(model, loss, opt)
-    sync = bench.device_sync(backend, device)
-    return bench.Method(
-        size.name,
-        device,
-        "float32",
-        backend,
-        COMPILED,
-        step=lambda: step(x, y),
-        sync=(lambda v: sync((v, model.parameters()))) if backend == "jax" else sync,
-    )
-
-
-def methods(size: bench.Size, backends: list[str], device: str) -> list[bench.Method]:
-    """Every backend's eager and compiled step, and the yardsticks they are held to."""
-    factories: dict[str, Any] = {}
+def planned(size: methods.Size, backends: list[str], kind: str) -> list[methods.Method]:
+    """Every backend's eager and captured step, and the yardsticks they are held to."""
+    wanted: list[tuple[str, str]] = []
     for backend in backends:
-        ref = YARDSTICK[backend]
-        if ref == bench.LOOP:
-            factories[ref] = lambda: bench.numpy_loop_method(size, "float32")
-        elif ref == bench.EAGER:
-            factories[ref] = lambda: bench.torch_eager_method(size, device, "float32")
-        else:
-            factories[ref] = lambda: bench.jax_jit_method(size, device, "float32")
-        factories[f"{backend} train_step"] = lambda b=backend: bench.pm_method(
-            size, b, device, "float32"
-        )
-        factories[f"{backend} {COMPILED}"] = lambda b=backend: compiled_method(size, b, device)
-    return [make() for make in factories.values()]
+        for entry in (YARDSTICK[backend], (methods.PM, backend), (methods.CAPTURED, backend)):
+            if entry not in wanted:
+                wanted.append(entry)
+    built = []
+    for method, backend in wanted:
+        p = methods.find_placement(backend, kind, "float32")
+        if p is None:
+            raise SystemExit(f"no {kind} placement for {backend} here")
+        built.append(MAKERS[method](size, p, kind))
+    return built
 
 
-def time_block(m: bench.Method, cpu: dict[str, list[float]]) -> None:
-    """bench.time_block, also recording the block's process CPU time per step in ``cpu``."""
+def time_block(m: methods.Method, cpu: dict[int, list[float]]) -> None:
+    """timing.time_block, also recording the block's process CPU time per step in ``cpu``."""
     c0 = time.process_time()
-    bench.time_block(m)
+    timing.time_block(m)
     steps = m.block + 1  # time_block runs one untimed step first
-    cpu.setdefault(f"{m.backend} {m.method}", []).append((time.process_time() - c0) / steps)
+    cpu.setdefault(id(m), []).append((time.process_time() - c0) / steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", choices=list(bench.SIZES), default=["S", "M"])
+    parser.add_argument("--sizes", nargs="+", choices=list(methods.SIZES), default=["S", "M"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--backends", nargs="+", choices=list(YARDSTICK), default=None)
+    parser.add_argument("--backends", nargs="+", choices=list(YARDSTICK), default=["numpy"])
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--block", type=float, default=bench.BLOCK_S, help="seconds per block")
+    parser.add_argument("--block", type=float, default=timing.BLOCK_S, help="seconds per block")
     args = parser.parse_args()
-    backends = args.backends or bench.default_backends(args.device)
-    threads = {k: os.environ.get(k, "-") for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE")}
-    print(f"float32 on {args.device}, {args.rounds} rounds, {os.cpu_count()} cores; {threads}\n")
+    env = {k: os.environ.get(k, "-") for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE")}
+    print(f"float32 on {args.device}, {args.rounds} rounds, {os.cpu_count()} cores; {env}\n")
     print("| size | backend | method | wall ms/step | ratio | CPU ms/step | ratio |")
     print("|---|---|---|---:|---:|---:|---:|")
     for name in args.sizes:
-        size = bench.SIZES[name]
-        timed = methods(size, backends, args.device)
+        timed = planned(methods.SIZES[name], args.backends, args.device)
         for m in timed:
-            bench.prepare(m, warmup=3, block_s=args.block)
-        cpu: dict[str, list[float]] = {}
+            timing.prepare(m, warmup=timing.WARMUP, block_s=args.block)
+        cpu: dict[int, list[float]] = {}
         for r in range(args.rounds):
             k = r % len(timed)
             for m in timed[k:] + timed[:k]:
                 time_block(m, cpu)
-        refs = {m.method: m for m in timed if m.method in YARDSTICK.values()}
+        refs = {(m.method, m.backend): m for m in timed}
         for m in timed:
-            yardstick = m.method in refs
-            ref = m if yardstick else refs[YARDSTICK[m.backend]]
+            ours = m.method in (methods.PM, methods.CAPTURED)
+            ref = refs[YARDSTICK[m.backend]] if ours else m
             wall, ref_wall = statistics.median(m.times), statistics.median(ref.times)
-            own = statistics.median(cpu[f"{m.backend} {m.method}"])
-            ref_cpu = statistics.median(cpu[f"{ref.backend} {ref.method}"])
-            label = m.method if yardstick else f"{m.backend} {m.method}"
+            own, ref_cpu = statistics.median(cpu[id(m)]), statistics.median(cpu[id(ref)])
             print(
-                f"| {name} | {m.backend} | {label} | {wall * 1e3:.4f} | {wall / ref_wall:.2f}x "
-                f"| {own * 1e3:.4f} | {own / ref_cpu:.2f}x |"
+                f"| {name} | {m.backend} | {m.method} | {wall * 1e3:.4f} | "
+                f"{wall / ref_wall:.3f}x | {own * 1e3:.4f} | {own / ref_cpu:.3f}x |",
+                flush=True,
             )
 
 

@@ -517,6 +517,37 @@ def test_torch_meta_device_step_reads_nothing_back() -> None:
     assert opt.steps == 1
 
 
+def test_torch_cpu_runs_small_steps_on_one_thread_and_restores_the_count() -> None:
+    """A step whose matrix products are small runs on one intra-op thread (MKL's threading costs
+    small products more than it saves); the caller's thread count is back afterwards, also after
+    a refused batch, and a large step keeps it."""
+    torch = pytest.importorskip("torch")
+    if "torch" not in SELECTED:
+        pytest.skip("torch is not among this run's backends")
+    seen: list[int] = []
+
+    class Recording(pm.MSELoss):
+        def _forward(self, z: Any, target: Any, xp: Any) -> Any:
+            seen.append(torch.get_num_threads())
+            return super()._forward(z, target, xp)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for sizes, n, threads in (([1024, 1024, 3], 2, 2), ([5, 7, 3], 12, 1)):
+            model = pm.MLP(sizes, rng=0, backend="torch", dtype="float32")
+            step = pm.compile_step(model, Recording(), pm.SGD(model, lr=0.1))
+            x, y = torch.ones((n, sizes[0])), torch.zeros((n, sizes[-1]))
+            step(x, y)
+            assert seen.pop() == threads, sizes
+            assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="expected y with the shape of z"):  # in the step
+            step(x, torch.zeros((n, sizes[-1] + 1)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------- CUDA graphs
 def _cuda_cases() -> list[Any]:
     return [

@@ -56,6 +56,26 @@ def test_kernels_match_the_portable_forms(case: Case, dtype: str) -> None:
         dtype=dtype,
         tol=0.0,
     )
+    for axis in (0, None):
+        total = kernels.sum(x, axis)
+        assert_close(total, pm.to_numpy(case.xp.sum(x, axis=axis)), case=case, dtype=dtype, tol=0.0)
+        assert total.ndim == (0 if axis is None else 1)
+    rng = np.random.default_rng(1)
+    extremes = np.array([[-3.0, -0.0, 0.0, 2.5], [-1e4, 1e4, 30.0, -30.0]])
+    large = rng.normal(scale=5.0, size=(130, 64))  # past the size where torch's selection changes
+    for z_host in (extremes, large):
+        z = case.array(z_host, dtype)
+        t = case.array(rng.integers(0, 2, size=z_host.shape).astype(float), dtype)
+        e = F.exp_neg_abs(z)
+        for reduction in ("mean", "sum", "none"):
+            for fast, reference in (
+                (kernels.bce_with_logits, F.bce_with_logits),
+                (kernels.bce_with_logits_backward, F.bce_with_logits_backward),
+            ):
+                expected = reference(z, t, reduction=reduction)  # type: ignore[operator]
+                assert_close(
+                    fast(z, t, e, reduction), pm.to_numpy(expected), case=case, dtype=dtype, tol=0.0
+                )
     params = [case.xp.asarray(W, copy=True), case.xp.asarray(b, copy=True)]
     updated = kernels.add_scaled(params, [W, b], -0.5)
     assert_close(updated[0], pm.to_numpy(W) * 0.5, case=case, dtype=dtype)

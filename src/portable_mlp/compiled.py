@@ -8,7 +8,8 @@ backend's choice (its table entry's ``capture_step`` in ``_backend``):
   rate, step count, x, y), parameters and state donated; traced once per batch shape.
 - torch and CuPy on a CUDA device: a CUDA graph over static input buffers, the learning rate and
   step count in device scalars; captured once per batch shape.
-- the others (NumPy, array-api-strict, torch on the CPU): the eager step, its calls looked up once.
+- the others (NumPy, array-api-strict, torch on the CPU): the eager step, its calls looked up once
+  (torch on the CPU runs a step of small matrix products on one intra-op thread).
 
 There is one code path for the math: a capture runs the eager layers, loss and optimizer on
 traced or captured arrays swapped into them (:class:`StepPlan`). This module never imports a
@@ -108,6 +109,9 @@ class StepPlan:
         # What a batch that passes the full checks looks like (see check()).
         linears = [leaf for _, leaf, _ in self.slots if isinstance(leaf, Linear)]
         self._features = linears[0].p_in if linears else None
+        # Multiply-adds per batch row of the largest matrix product (a backend may pick its
+        # threading by the size of the work).
+        self.widest = max((m.p_in * m.p_out for m in linears), default=0)
         self._array_types: set[type] = set()
         optimizer.init_state()
 

@@ -92,7 +92,7 @@ def linear_backward(
     """
     xp = _ns(xp, dy)
     dW = x.T @ dy  # (p_in, p_out) = (p_in, n) (n, p_out)
-    db = xp.sum(dy, axis=0) if bias else None  # (p_out,)
+    db = kernels_of(xp).sum(dy, 0) if bias else None  # (p_out,)
     dx = dy @ W.T if input_grad else None  # (n, p_in) = (n, p_out) (p_out, p_in)
     return dx, dW, db
 
@@ -199,7 +199,7 @@ def _scale(reduction: Reduction, size: int) -> float:
 def _reduce(per_element: Array, reduction: Reduction, *, xp: ModuleType) -> Array:
     if reduction == "none":  # each element's loss; a backward then gives the sum's gradient
         return per_element
-    total = xp.sum(per_element)
+    total = kernels_of(xp).sum(per_element, None)
     return total / math.prod(per_element.shape) if reduction == "mean" else total
 
 

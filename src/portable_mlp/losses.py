@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from . import functional as F
-from ._backend import Array, device, dtype_name, isdtype, namespace_of
+from ._backend import Array, device, dtype_name, isdtype, kernels_of, namespace_of
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -106,10 +106,10 @@ class BCEWithLogitsLoss(Loss):
     def _forward(self, z: Array, target: Array, xp: ModuleType) -> Array:
         e = F.exp_neg_abs(z, xp=xp)  # shared by the loss and its gradient
         self._cache = (z, target, e, xp)
-        return F.bce_with_logits(z, target, reduction=self.reduction, xp=xp, e=e)
+        return kernels_of(xp).bce_with_logits(z, target, e, self.reduction)
 
     def _backward(self, z: Array, target: Array, e: Array, xp: ModuleType) -> Array:
-        return F.bce_with_logits_backward(z, target, reduction=self.reduction, xp=xp, e=e)
+        return kernels_of(xp).bce_with_logits_backward(z, target, e, self.reduction)
 
 
 class CrossEntropyLoss(Loss):

@@ -68,6 +68,11 @@ class Kernels:
     relu_backward: Callable[[Array, Array], Array]  # (dy, y) -> dy where y > 0, else 0
     # (params, grads, a) -> [p + a g]: in place (the same arrays back) where arrays are mutable
     add_scaled: Callable[[list[Array], list[Array], float], list[Array]]
+    sum: Callable[[Array, int | None], Array]  # (x, axis) -> xp.sum(x, axis=axis)
+    # (z, y, e, reduction) -> BCE of logits z against y, e = exp(-|z|): functional.bce_with_logits
+    bce_with_logits: Callable[[Array, Array, Array, str], Array]
+    # (z, y, e, reduction) -> its dL/dz: functional.bce_with_logits_backward
+    bce_with_logits_backward: Callable[[Array, Array, Array, str], Array]
 
 
 def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
@@ -81,6 +86,12 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
             p += a * g
         return params
 
+    def bce_with_logits(z: Array, y: Array, e: Array, reduction: Any) -> Array:
+        return F.bce_with_logits(z, y, reduction=reduction, xp=xp, e=e)
+
+    def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: Any) -> Array:
+        return F.bce_with_logits_backward(z, y, reduction=reduction, xp=xp, e=e)
+
     return Kernels(
         linear=lambda x, W, b: F.linear(x, W, b, xp=xp),
         linear_backward=lambda dy, x, W, bias, input_grad: F.linear_backward(
@@ -89,6 +100,9 @@ def portable_kernels(xp: ModuleType, *, mutable: bool) -> Kernels:
         relu=lambda x: F.relu(x, xp=xp),
         relu_backward=lambda dy, y: F.relu_backward(dy, y, xp=xp),
         add_scaled=add_scaled,
+        sum=lambda x, axis: xp.sum(x, axis=axis),
+        bce_with_logits=bce_with_logits,
+        bce_with_logits_backward=bce_with_logits_backward,
     )
 
 
@@ -228,6 +242,11 @@ def _checked_member(dev: Any, devices: Any, name: str) -> Any:
     return dev
 
 
+# Above this many elements NumPy's and torch's where on a random sign pattern are slower than
+# the portable arithmetic selection (they branch per element); below, the calls saved count more.
+_WHERE_MAX = 8192
+
+
 @dataclass(frozen=True)
 class _NumPy(Backend):
     is_host: bool = True
@@ -252,6 +271,33 @@ class _NumPy(Backend):
         # itself and raises one clear error instead.
         return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
+    def kernels(self, xp: ModuleType) -> Kernels:
+        portable = portable_kernels(xp, mutable=self.mutable)
+
+        def relu_backward(dy: Array, y: Array) -> Array:
+            return dy * (y > 0)  # dy * 1 or dy * 0, as the portable form; NumPy multiplies bools
+
+        def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            if z.size <= _WHERE_MAX:
+                try:
+                    tail = e / (1.0 + e)
+                    # bit for bit the portable form's arithmetic selection, in fewer calls
+                    dz = np.where(z >= 0, (1.0 - y) - tail, tail - y)
+                    return dz * (1.0 / z.size) if reduction == "mean" else dz
+                except FloatingPointError:
+                    pass  # an error state that raises: the portable form knows which are right
+            return portable.bce_with_logits_backward(z, y, e, reduction)
+
+        # np.sum is a Python wrapper around np.add.reduce (the same pairwise sum), costing as
+        # much again as the reduction itself on a small array; compat's astype is another
+        # wrapper call. Small steps are made of such calls.
+        return replace(
+            portable,
+            relu_backward=relu_backward,
+            sum=lambda x, axis: np.add.reduce(x, axis=axis),
+            bce_with_logits_backward=bce_with_logits_backward,
+        )
+
     def underflow_ok(self) -> contextlib.AbstractContextManager[Any]:
         # NumPy (and array-api-strict, which computes with it) obeys np.seterr: under
         # np.seterr(all="raise"), exp(-100) in float32 raises FloatingPointError("underflow"),
@@ -266,6 +312,9 @@ class _Strict(_NumPy):
 
     def namespace_of_module(self, mod: ModuleType) -> ModuleType:
         return mod
+
+    def kernels(self, xp: ModuleType) -> Kernels:
+        return Backend.kernels(self, xp)  # strict arrays refuse NumPy's functions
 
     def test_devices(self) -> list[Any]:
         # device1: a non-default device, so any result that lands on the default is caught.
@@ -354,12 +403,49 @@ class _Torch(Backend):
         def linear(x: Array, W: Array, b: Array | None) -> Array:
             return x @ W if b is None else torch.addmm(b, x, W)
 
+        threshold_backward = torch.ops.aten.threshold_backward.default  # no overload lookup
+
         def relu_backward(dy: Array, y: Array) -> Array:
-            return torch.ops.aten.threshold_backward(dy, y, 0)
+            return threshold_backward(dy, y, 0)
 
         def add_scaled(params: list[Array], grads: list[Array], a: float) -> list[Array]:
             torch._foreach_add_(params, grads, alpha=a)
             return params
+
+        def sum_(x: Array, axis: int | None) -> Array:
+            return torch.sum(x) if axis is None else torch.sum(x, axis)
+
+        # A Python number in a CPU op is wrapped into a tensor and converted on every call, which
+        # costs as much again as the op on a small array; 0-d tensors of the operand's dtype and
+        # device are made once (outside any CUDA-graph capture: the warm-up step makes them).
+        constants: dict[tuple[float, Any, Any], Array] = {}
+
+        def constant(value: float, like: Array) -> Array:
+            key = (value, like.dtype, like.device)
+            c = constants.get(key)
+            if c is None:
+                c = constants[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+            return c
+
+        def bce_with_logits(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            per_element = torch.relu(z) - z * y + torch.log1p(e)
+            if reduction == "none":
+                return per_element
+            total = torch.sum(per_element)
+            return total / constant(z.numel(), z) if reduction == "mean" else total
+
+        def bce_with_logits_backward(z: Array, y: Array, e: Array, reduction: str) -> Array:
+            one = constant(1.0, z)
+            tail = e / (one + e)
+            z_pos = z >= constant(0.0, z)
+            if z.numel() <= _WHERE_MAX:
+                # bit for bit the portable form's arithmetic selection (tests/test_kernels.py),
+                # in three kernels fewer
+                dz = torch.where(z_pos, (one - y) - tail, tail - y)
+            else:
+                m = z_pos.to(z.dtype)
+                dz = (m - y) + tail * (one - (m + m))
+            return dz * constant(1.0 / z.numel(), z) if reduction == "mean" else dz
 
         # Every compat-wrapped call costs microseconds of type promotion and scalar wrapping,
         # which dominates small steps. addmm does x W + b in one kernel with no temporary; relu
@@ -371,6 +457,9 @@ class _Torch(Backend):
             relu=torch.relu,
             relu_backward=relu_backward,
             add_scaled=add_scaled,
+            sum=sum_,
+            bce_with_logits=bce_with_logits,
+            bce_with_logits_backward=bce_with_logits_backward,
         )
 
     def capture_step(self, plan: StepPlan) -> Callable[[Array, Array], Array]:
@@ -378,7 +467,7 @@ class _Torch(Backend):
 
         device = torch.device(plan.placement.device)
         if device.type != "cuda":
-            return plan.eager()
+            return _one_thread_when_small(plan)
 
         # As PyTorch's CUDA-graph recipe: warm up on a side stream, capture on the graph's own
         # stream into a private memory pool, replay on the current stream of the model's device.
@@ -402,6 +491,33 @@ class _Torch(Backend):
             return replay, out
 
         return plan.graphed(capture)
+
+
+# Below this many multiply-adds in a step's largest matrix product, torch on the CPU runs the
+# step faster on one thread: with more, MKL's threading costs each small product more than it
+# saves (64x30 by 30x16: about 2.5 us against 6 us on two threads).
+_ONE_THREAD_MACS = 1 << 20
+
+
+def _one_thread_when_small(plan: StepPlan) -> Callable[[Array, Array], Array]:
+    """The eager step of ``plan``, run with torch's intra-op threads set to one (and set back,
+    whatever happens) where the batch's largest matrix product is small."""
+    import torch
+
+    check, run, widest = plan.check, plan.run, plan.widest
+
+    def step(x: Array, y: Array) -> Array:
+        check(x, y)
+        threads = torch.get_num_threads()
+        if threads == 1 or x.shape[0] * widest > _ONE_THREAD_MACS:
+            return run(x, y)
+        torch.set_num_threads(1)
+        try:
+            return run(x, y)
+        finally:
+            torch.set_num_threads(threads)
+
+    return step
 
 
 @dataclass(frozen=True)
