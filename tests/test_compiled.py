@@ -18,7 +18,7 @@ import pytest
 import portable_mlp as pm
 from portable_mlp.compiled import StepPlan
 from portable_mlp.losses import SampleWeightedLoss
-from portable_mlp.testing import Case, assert_close, selected_backends
+from portable_mlp.testing import Case, assert_close, cases, selected_backends
 
 SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
@@ -291,11 +291,21 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 # ---------------------------------------------------------------------------- the captured epoch
-def _epoch_capture(case: Case) -> None:
-    """Skip unless ``case``'s backend captures whole epochs in ``fit``."""
-    entry = case.placement().backend
-    if entry.capture_epoch(lambda *args: None, case.resolved_device) is None:
-        pytest.skip(f"{case.backend} steps fit's epochs one step at a time: no captured epoch")
+def _captures_epochs(case: Case) -> bool:
+    """Whether ``case``'s backend captures whole epochs in ``fit`` (the others step them)."""
+    if case.skip:
+        return False
+    return case.placement().backend.capture_epoch(lambda *a: None, case.resolved_device) is not None
+
+
+EPOCH_CASES = [c for c in cases(SELECTED) if _captures_epochs(c)]
+
+
+@pytest.fixture(params=EPOCH_CASES, ids=[c.label for c in EPOCH_CASES])
+def epoch_case(request: pytest.FixtureRequest) -> Case:
+    """Each case of this run whose backend captures whole epochs (JAX)."""
+    c: Case = request.param
+    return c
 
 
 def _fit_both(
@@ -339,10 +349,12 @@ def _fit_both(
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_the_captured_epoch_equals_the_captured_step(case: Case, dtype: str, name: str) -> None:
+def test_the_captured_epoch_equals_the_captured_step(
+    epoch_case: Case, dtype: str, name: str
+) -> None:
     """Every optimizer, loss, activation, clipping, L2 and schedule: an epoch captured whole
     leaves the weights, gradients, optimizer state and curves that its steps one by one leave."""
-    _epoch_capture(case)
+    case = epoch_case
     config = CONFIGS[name]
     per_step, per_epoch, histories = _fit_both(case, dtype, config, rng=0)
     tol = CAPTURED_TOL[dtype]
@@ -353,8 +365,10 @@ def test_the_captured_epoch_equals_the_captured_step(case: Case, dtype: str, nam
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_the_captured_epoch_with_sample_weights(case: Case, dtype: str, shuffle: bool) -> None:
-    _epoch_capture(case)
+def test_the_captured_epoch_with_sample_weights(
+    epoch_case: Case, dtype: str, shuffle: bool
+) -> None:
+    case = epoch_case
     config = Config(lambda m: pm.Adam(m, lr=0.02), pm.MSELoss, "probs", alpha=0.1)
     per_step, per_epoch, histories = _fit_both(
         case, dtype, config, sample_weight=True, rng=3, shuffle=shuffle
@@ -366,9 +380,9 @@ def test_the_captured_epoch_with_sample_weights(case: Case, dtype: str, shuffle:
     _assert_same_state(per_step, per_epoch, case, dtype, "sample weights")
 
 
-def test_a_diverging_captured_epoch_names_the_step_of_the_per_step_loop(case: Case) -> None:
+def test_a_diverging_captured_epoch_names_the_step_of_the_per_step_loop(epoch_case: Case) -> None:
     """Divergence inside a captured epoch: the same error, step and kept weights as stepping."""
-    _epoch_capture(case)
+    case = epoch_case
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, SIZES[0])), rng.normal(size=(60, SIZES[-1])) * 1e3
     results = []
