@@ -959,9 +959,11 @@ def _device_getter(x: Any) -> Callable[[Any], Any]:
     if array_api_compat.is_torch_array(x):
         return lambda a: a.device
     if array_api_compat.is_jax_array(x):
-        from jax.sharding import NamedSharding
+        from jax.sharding import NamedSharding, SingleDeviceSharding
 
         def jax_device(a: Any) -> Any:
+            if type(getattr(a, "sharding", None)) is SingleDeviceSharding:
+                return a.device  # the common case, in half the time of the general one
             d = array_api_compat.device(a)  # None while jit traces (jax-ml/jax#26000)
             return _replicated(d.mesh) if type(d) is NamedSharding else d
 
