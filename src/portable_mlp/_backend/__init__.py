@@ -669,7 +669,10 @@ class _Jax(Backend):
 
         # One dispatch and one compilation for all of an epoch's steps, its gathers and its
         # report: eager ops around a step would each compile once and dispatch every batch.
-        return jax.jit(functools.partial(epoch, jax.lax.scan), donate_argnums=(0, 1))
+        compiled: Callable[..., Any] = jax.jit(
+            functools.partial(epoch, jax.lax.scan), donate_argnums=(0, 1)
+        )
+        return compiled
 
 
 @functools.cache
