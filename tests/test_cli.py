@@ -356,3 +356,24 @@ def test_a_backend_that_does_not_compile_keeps_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "compiled"
     status = main(["train", "--epochs", "2", "--quiet", "--compile-cache", str(folder)])
     assert status == 0 and not folder.exists()
+
+
+@pytest.mark.skipif("jax" not in selected_backends(), reason="JAX is not in this run")
+@pytest.mark.parametrize("problem", ["shared", "unmakeable"])
+def test_a_compile_cache_that_cannot_be_trusted_or_made_is_skipped(
+    tmp_path: Path, problem: str
+) -> None:
+    if problem == "shared":
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        folder.chmod(0o777)  # others could plant programs there
+    else:
+        (tmp_path / "a-file").write_text("not a folder\n")  # refused even to root
+        folder = tmp_path / "a-file" / "compiled"
+    argv = [sys.executable, "-m", "portable_mlp", "train", "--backend", "jax", "--epochs", "2"]
+    argv += ["--quiet", "--compile-cache", str(folder)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # trained, without the cache
+    assert "note: compiling afresh, not keeping compiled programs" in done.stderr
+    assert str(folder) in done.stderr
+    assert not folder.exists() or not any(folder.iterdir())

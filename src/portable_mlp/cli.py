@@ -351,7 +351,10 @@ def _prepare_backend(args: argparse.Namespace, dtype: str | None) -> None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "portable-mlp", "compiled")
     if folder != "off":
-        entry.keep_compiled(folder)
+        try:
+            entry.keep_compiled(folder)
+        except OSError as exc:  # a run without the cache is slower, not wrong
+            print(f"note: compiling afresh, not keeping compiled programs: {exc}", file=sys.stderr)
     _backend.placement(args.backend, args.device, dtype)  # refused here, if it is wrong
 
 

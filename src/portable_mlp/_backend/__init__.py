@@ -617,8 +617,15 @@ class _Jax(Backend):
         importlib.import_module("jax").config.update("jax_enable_x64", True)
 
     def keep_compiled(self, directory: str) -> bool:
-        # The folder is trusted code: the user's own, closed to others (JAX's warning).
+        # JAX runs the programs it finds there: the folder must be the user's own, closed to
+        # others (JAX's own warning); an error here leaves JAX as it was.
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        found = os.stat(directory)
+        if found.st_mode & 0o022 or found.st_uid != os.getuid():
+            raise PermissionError(
+                f"{directory} is writable by others or not the user's own, and JAX would run "
+                "the programs it finds there"
+            )
         config = importlib.import_module("jax").config
         # Every program, however small or quick to compile: a training run's eager operations
         # compile once each, and together they take as long as its captured epoch.
