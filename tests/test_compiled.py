@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import portable_mlp as pm
+from portable_mlp._backend import namespace_of
 from portable_mlp.compiled import StepPlan
 from portable_mlp.losses import SampleWeightedLoss
 from portable_mlp.testing import Case, assert_close, cases, selected_backends
@@ -615,3 +616,46 @@ def test_cuda_graph_replays_and_keeps_each_loss(backend: str) -> None:
         assert_close(a, pm.to_numpy(b), case=case, dtype="float32", tol=1e-5, what=f"loss {i}")
     graphs = getattr(step, "graphs", {})
     assert len(graphs) == 2, f"expected one graph per batch shape, got {len(graphs)}"
+
+
+def test_jax_fit_compiles_only_its_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set-up around the captured epoch (the optimizer's zeros, the snapshot copies, the
+    check of the outputs' shape, moving the learning rate) compiles nothing: on shapes no other
+    test uses, a whole fit compiles its epoch and nothing else."""
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    import jax
+
+    compiled: list[str] = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Compiling "):
+                compiled.append(record.getMessage().split(" ")[1])
+
+    case = Case("jax", None, "jax")
+    rng = np.random.default_rng(0)
+    x, y = (case.array(rng.normal(size=(29, k)), "float32") for k in (23, 3))
+    xv, yv = (case.array(rng.normal(size=(7, k)), "float32") for k in (23, 3))
+    namespace_of(x)  # array-api-compat's first look at a JAX array compiles, once a process
+    handler, logger = Compiles(level=logging.WARNING), logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            model = pm.MLP([23, 7, 3], rng=0, **case.model_kwargs("float32"))
+            opt = pm.Adam(model, lr=0.01)
+            pm.fit(
+                model,
+                pm.MSELoss(),
+                opt,
+                x,
+                y,
+                epochs=3,
+                batch_size=8,
+                rng=0,
+                validation=(xv, yv),
+                eval_set=(xv, yv),
+            )
+    finally:
+        logger.removeHandler(handler)
+    assert compiled == ["jit(captured_epoch)"], compiled

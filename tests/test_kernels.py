@@ -143,3 +143,25 @@ def test_training_steps_run_on_torch_meta_device(make_optimizer: Any, loss_name:
     assert all(p.device.type == "meta" for p in model.parameters().values())
     with pytest.raises(RuntimeError, match="meta tensors"):
         float(value)  # the meta device really refuses to read back
+
+
+def test_set_up_arrays_are_the_portable_ones(case: Case, dtype: str) -> None:
+    """The arrays a backend makes without computing (on JAX, without compiling): zeros and
+    copies on the placement, and the shape and dtype of a function's outputs."""
+    where = case.placement(dtype)
+    z = where.zeros((3, 2))
+    where.check(z, who="zeros")  # namespace, dtype and device
+    assert tuple(z.shape) == (3, 2)
+    assert_close(z, np.zeros((3, 2)), case=case, dtype=dtype, tol=0.0)
+    x = case.array(np.arange(6.0).reshape(3, 2), dtype)
+    c = where.copy(x)
+    where.check(c, who="copy")
+    assert c is not x
+    assert_close(c, pm.to_numpy(x), case=case, dtype=dtype, tol=0.0)
+    if where.mutable:  # a copy, not a view: writing to x leaves it as it was
+        x[...] = 7.0
+        assert_close(c, np.arange(6.0).reshape(3, 2), case=case, dtype=dtype, tol=0.0)
+    W = case.array(np.ones((2, 5)), dtype)
+    out = where.backend.output_of(lambda a: a @ W, x)
+    assert tuple(out.shape) == (1, 5)
+    assert _backend.dtype_name(out.dtype) == dtype

@@ -134,7 +134,7 @@ class Optimizer:
             state = self.state.setdefault(key, {})
             for name in names:
                 if name not in state:
-                    state[name] = self.xp.zeros_like(p)
+                    state[name] = self.placement.zeros(p.shape)
 
     def _state_names(self) -> tuple[str, ...]:
         """The names of the per-parameter state buffers."""
@@ -167,22 +167,18 @@ class Optimizer:
 
     # Snapshots for restoring a model after a failed step; copies, on the state's device.
     def state_dict(self) -> dict[str, Any]:
-        copy = self.xp.asarray
+        copy = self.placement.copy
         return {
             "steps": self.steps,
             "lr": self.lr,
-            "state": {
-                k: {n: copy(a, copy=True) for n, a in s.items()} for k, s in self.state.items()
-            },
+            "state": {k: {n: copy(a) for n, a in s.items()} for k, s in self.state.items()},
         }
 
     def load_state_dict(self, snapshot: Mapping[str, Any]) -> None:
-        copy = self.xp.asarray
+        copy = self.placement.copy
         self.steps = int(snapshot["steps"])
         self.lr = float(snapshot["lr"])
-        self.state = {
-            k: {n: copy(a, copy=True) for n, a in s.items()} for k, s in snapshot["state"].items()
-        }
+        self.state = {k: {n: copy(a) for n, a in s.items()} for k, s in snapshot["state"].items()}
 
 
 class SGD(Optimizer):

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import distributed as dist
 from . import metrics
-from ._backend import Array, Placement, device, from_numpy, host_rng, namespace_of
+from ._backend import Array, Placement, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
 from .compiled import StepPlan, backward_and_update, compile_step
@@ -311,9 +311,10 @@ def _working_data(
         raise ValueError(
             f"fit expected targets with {X.shape[0]} rows like {what}, got shape {tuple(Y.shape)}"
         )
-    first = _densified(where, X[:1]) if is_sparse(X) else X[:1, ...]
-    z = model.forward(first, cache=False)  # checks X; gives the outputs' width and dtype
-    outputs = where.xp.zeros((X.shape[0], *z.shape[1:]), dtype=z.dtype, device=device(z))
+    first = _densified(where, X[:1]) if is_sparse(X) else X
+    model._check_input(first)
+    z = where.backend.output_of(lambda x: model._forward(x, False), first)  # width and dtype
+    outputs = where.zeros((X.shape[0], *z.shape[1:]))  # a model keeps its placement's dtype
     loss._check_logits(outputs, Y, where.xp)
     return X, loss._prepare_target(outputs, Y, where.xp)
 
@@ -580,14 +581,14 @@ class _Run:
         return functools.reduce(xp.logical_and, checks)
 
     def _copy_params(self) -> dict[str, Array]:
-        return {k: self.xp.asarray(v, copy=True) for k, v in self.model.parameters().items()}
+        return {k: self.where.copy(v) for k, v in self.model.parameters().items()}
 
     def _snapshot(self) -> tuple[dict[str, Array], dict[str, Any]]:
         return self._copy_params(), self.optimizer.state_dict()
 
     def _restore(self, snapshot: tuple[dict[str, Array], dict[str, Any]]) -> None:
         params, opt_state = snapshot
-        self.model.set_parameters({k: self.xp.asarray(v, copy=True) for k, v in params.items()})
+        self.model.set_parameters({k: self.where.copy(v) for k, v in params.items()})
         self.optimizer.load_state_dict(opt_state)
 
     def _recover(self, epoch: int, snapshot: Any, order: _Order, step_losses: Array) -> None:
@@ -636,10 +637,7 @@ class _CapturedEpoch:
         run, plan, opt, where = self.run, self.plan, self.plan.optimizer, self.run.where
         assert self.compiled is not None
         # The parameters' dtype: the step count's powers in Adam's bias correction keep it.
-        lr, steps = (
-            where.xp.asarray(float(v), dtype=where.dtype, device=where.device)
-            for v in (opt.lr, opt.steps)
-        )
+        lr, steps = (where.asarray(float(v)) for v in (opt.lr, opt.steps))
         indices = None if order is None else order[0]
         params, state, grads, losses, summed, report = self.compiled(
             plan.params(), opt.state, lr, steps, run.X, run.T, indices, run.validation, run.eval_set

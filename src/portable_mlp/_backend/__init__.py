@@ -189,6 +189,19 @@ class Backend:
         first compilation); whether it compiles programs at all (by default it does not)."""
         return False
 
+    # ---- making arrays without computing (for a compiling backend: without compiling)
+    def zeros(self, xp: ModuleType, shape: tuple[int, ...], dtype: Any, device: Any) -> Array:
+        return xp.zeros(shape, dtype=dtype, device=device)
+
+    def copy(self, xp: ModuleType, x: Array) -> Array:
+        """A copy of ``x`` where it is, which nothing done to ``x`` (donation included) changes."""
+        return xp.asarray(x, copy=True)
+
+    def output_of(self, f: Callable[[Array], Array], x: Array) -> Any:
+        """``f`` of the first row of ``x``, or (a compiling backend) something with the shape
+        and dtype it would have: what a check of ``f``'s outputs needs."""
+        return f(x[:1, ...])
+
     # ---- moving and waiting
     def from_host(self, a: np.ndarray[Any, Any], xp: ModuleType, dtype: Any, device: Any) -> Array:
         """A copy of the host array ``a`` (already cast to ``dtype``, one of ``xp``'s dtypes)
@@ -539,7 +552,7 @@ class _Jax(Backend):
 
         if spec is None:
             # JAX reports None ("wherever JAX puts it"); a fresh array's device is concrete.
-            return device(xp.zeros(()))
+            return device(jax.device_put(np.zeros(())))
         if isinstance(spec, str) and spec.startswith("mesh("):
             return self._mesh_from_spec(xp, spec)
         if isinstance(spec, (jax.sharding.Mesh, jax.sharding.NamedSharding)):
@@ -633,6 +646,22 @@ class _Jax(Backend):
         config.update("jax_persistent_cache_min_compile_time_secs", 0)
         config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         return True
+
+    # Each eager JAX operation compiles once per shape, which at set-up (zeros, copies, a probe
+    # of the output shape) costs more than a small model's whole training: these compile nothing.
+    def zeros(self, xp: ModuleType, shape: tuple[int, ...], dtype: Any, device: Any) -> Array:
+        return self.from_host(np.zeros(shape, dtype=numpy_dtype(dtype)), xp, dtype, device)
+
+    def copy(self, xp: ModuleType, x: Array) -> Array:
+        import jax
+
+        return jax.device_put(x, may_alias=False)  # a copy where x is
+
+    def output_of(self, f: Callable[[Array], Array], x: Array) -> Any:
+        import jax
+
+        struct: Any = jax.ShapeDtypeStruct  # untyped in jax
+        return jax.eval_shape(f, struct((1, *x.shape[1:]), x.dtype))
 
     def from_host(self, a: np.ndarray[Any, Any], xp: ModuleType, dtype: Any, device: Any) -> Array:
         import jax
@@ -1138,7 +1167,11 @@ class Placement:
         return self.backend.to_host(x)
 
     def zeros(self, shape: Sequence[int]) -> Array:
-        return self.xp.zeros(tuple(shape), dtype=self.dtype, device=self.device)
+        return self.backend.zeros(self.xp, tuple(shape), self.dtype, self.device)
+
+    def copy(self, x: Array) -> Array:
+        """A copy of ``x`` (an array of this placement) that nothing done to ``x`` changes."""
+        return self.backend.copy(self.xp, x)
 
     # ---- checking and waiting
     def check(self, x: Any, *, who: str, what: str = "x") -> None:
