@@ -345,16 +345,16 @@ def test_fit_captures_the_step_once_and_partial_fit_never(
 ) -> None:
     """A capture pays over many epochs: ``fit`` makes one per call, ``partial_fit`` (one epoch
     a call, where JAX would trace and compile anew each time) uses the eager step."""
-    from portable_mlp import training
+    from portable_mlp.compiled import StepPlan
 
     made = []
-    real = training.compile_step
+    real = StepPlan.capture
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
+    def counting(plan: StepPlan) -> Any:
         made.append(1)
-        return real(*args, **kwargs)
+        return real(plan)
 
-    monkeypatch.setattr(training, "compile_step", counting)
+    monkeypatch.setattr(StepPlan, "capture", counting)
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, size=40)
     clf = pm.MLPClassifier((4,), max_iter=3, random_state=0)

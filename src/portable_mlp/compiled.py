@@ -48,9 +48,7 @@ def compile_step(model: Module, loss: Loss, optimizer: Optimizer, *, alpha: floa
     parameters and state are donated: arrays taken from ``model.parameters()`` before a call are
     invalid after it (take copies to keep them).
     """
-    plan = StepPlan(model, loss, optimizer, alpha)
-    step: Step = plan.placement.backend.capture_step(plan)
-    return step
+    return StepPlan(model, loss, optimizer, alpha).capture()
 
 
 def backward_and_update(
@@ -114,6 +112,11 @@ class StepPlan:
         self.widest = max((m.p_in * m.p_out for m in linears), default=0)
         self._array_types: set[type] = set()
         optimizer.init_state()
+
+    def capture(self) -> Step:
+        """The step captured as the backend captures it (its table entry's ``capture_step``)."""
+        step: Step = self.placement.backend.capture_step(self)
+        return step
 
     # ---- the eager step
     def check(self, x: Array, y: Array) -> None:

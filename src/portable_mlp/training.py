@@ -26,7 +26,7 @@ from . import metrics
 from ._backend import Array, Placement, from_numpy, host_rng, namespace_of
 from ._progress import EpochProgress
 from ._validation import is_sparse
-from .compiled import StepPlan, backward_and_update, compile_step
+from .compiled import StepPlan, backward_and_update
 from .layers import Module
 from .losses import Loss, SampleWeightedLoss
 from .optim import LRScheduler, Optimizer
@@ -262,8 +262,8 @@ def _the_step(
         share = alpha / dist.world_size()
         step = functools.partial(train_step, model, loss, optimizer, alpha=share, check=False)
     elif step is None and compile:
-        step = compile_step(model, loss, optimizer, alpha=alpha)
-        plan = StepPlan(model, loss, optimizer, alpha)  # the same step, for a captured epoch
+        plan = StepPlan(model, loss, optimizer, alpha)  # also what a captured epoch runs
+        step = plan.capture()
     elif step is None:
         step = functools.partial(train_step, model, loss, optimizer, alpha=alpha, check=False)
     elif alpha:

@@ -184,10 +184,9 @@ class Backend:
         return ""
 
     # ---- compiled programs
-    def keep_compiled(self, directory: str) -> bool:
-        """Keep the programs the backend compiles in ``directory`` across runs (before the
-        first compilation); whether it compiles programs at all (by default it does not)."""
-        return False
+    def keep_compiled(self, directory: str) -> None:
+        """Keep the programs the backend compiles in ``directory`` across runs (called before
+        the first compilation); a backend that compiles nothing keeps nothing."""
 
     # ---- making arrays without computing (for a compiling backend: without compiling)
     def zeros(self, xp: ModuleType, shape: tuple[int, ...], dtype: Any, device: Any) -> Array:
@@ -629,7 +628,7 @@ class _Jax(Backend):
     def enable_float64(self) -> None:
         importlib.import_module("jax").config.update("jax_enable_x64", True)
 
-    def keep_compiled(self, directory: str) -> bool:
+    def keep_compiled(self, directory: str) -> None:
         # JAX runs the programs it finds there: the folder must be the user's own, closed to
         # others (JAX's own warning); an error here leaves JAX as it was.
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -640,12 +639,11 @@ class _Jax(Backend):
                 "the programs it finds there"
             )
         config = importlib.import_module("jax").config
-        # Every program, however small or quick to compile: a training run's eager operations
-        # compile once each, and together they take as long as its captured epoch.
+        # Every program, however small or quick to compile: the eager operations around
+        # training (evaluation, the final report) compile one small program each.
         config.update("jax_compilation_cache_dir", directory)
         config.update("jax_persistent_cache_min_compile_time_secs", 0)
         config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-        return True
 
     # Each eager JAX operation compiles once per shape, which at set-up (zeros, copies, a probe
     # of the output shape) costs more than a small model's whole training: these compile nothing.
