@@ -217,11 +217,62 @@ def test_step_and_train_step_can_alternate(case: Case, dtype: str) -> None:
     _alternate(case, dtype, pm.compile_step)
 
 
-def _emulated_capture(plan: StepPlan) -> Any:
+# Settings changed between steps: (step before which they change, optimizer's, loss's).
+CHANGES: dict[str, tuple[Callable[[pm.Module], Any], list[tuple[int, dict[str, Any], str]]]] = {
+    "sgd": (
+        lambda m: pm.SGD(m, lr=0.1),
+        [
+            (3, {"momentum": 0.9, "max_grad_norm": 0.5}, "mean"),
+            (6, {"nesterov": True, "weight_decay": 0.01}, "sum"),
+            (8, {"momentum": 0.0, "nesterov": False, "max_grad_norm": None}, "mean"),
+        ],
+    ),
+    "adam": (
+        lambda m: pm.Adam(m, lr=0.01),
+        [
+            (3, {"betas": (0.5, 0.9), "eps": 1e-3}, "mean"),
+            (6, {"weight_decay": 0.1, "max_grad_norm": 0.05}, "mean"),
+        ],
+    ),
+}
+
+
+def _changing(case: Case, dtype: str, name: str, compile_step: Callable[..., Any]) -> None:
+    """Optimizer and loss settings changed between steps (momentum switched on, clipping,
+    Nesterov, weight decay, betas, the loss's reduction): the captured step honours each
+    change as the eager step does."""
+    make, changes = CHANGES[name]
+    eager, captured = _pair(case, dtype, Config(make, pm.CrossEntropyLoss, "labels"))
+    step = compile_step(captured[0], captured[1], captured[2], alpha=0.01)
+    x, y = _batch(case, dtype, "labels", seed=0)
+    for i in range(10):
+        for at, settings, reduction in changes:
+            if i == at:
+                for _, loss, opt, _ in (eager, captured):
+                    for k, v in settings.items():
+                        setattr(opt, k, v)
+                    loss.reduction = reduction
+        v1 = pm.train_step(eager[0], eager[1], eager[2], x, y, alpha=0.01)
+        v2 = step(x, y)
+        assert_close(v2, pm.to_numpy(v1), case=case, dtype=dtype, tol=CAPTURED_TOL[dtype])
+        _assert_same_state(eager, captured, case, dtype, f"{name} step {i}")
+
+
+@pytest.mark.parametrize("name", CHANGES)
+def test_a_changed_setting_is_captured_anew(case: Case, dtype: str, name: str) -> None:
+    _changing(case, dtype, name, pm.compile_step)
+
+
+def _emulated_capture(plan: StepPlan, captured: list[Any] | None = None) -> Any:
     """A stand-in for a CUDA-graph capture on the CPU: recording runs nothing (its effects are
-    undone), and a replay writes the step's outputs into the recorded ones."""
+    undone), and a replay writes the step's outputs into the recorded ones. A replay under
+    other optimizer or loss settings than recorded fails, as a real graph would run the old
+    values; ``captured`` collects the settings of each capture."""
 
     def capture(body: Callable[[], Any], warmup: Callable[[], None]) -> Any:
+        recorded = plan.settings()
+        if captured is not None:
+            captured.append(recorded)
         warmup()
         mutated = plan.params() + [a for s in plan.optimizer.state.values() for a in s.values()]
         saved = [plan.xp.asarray(a, copy=True) for a in mutated]
@@ -230,6 +281,7 @@ def _emulated_capture(plan: StepPlan) -> Any:
             a[...] = b
 
         def replay() -> None:
+            assert plan.settings() == recorded, "a graph replayed under changed settings"
             new_value, new_grads = body()
             value[...] = new_value
             for a, b in zip(grads, new_grads, strict=True):
@@ -247,13 +299,18 @@ def test_graph_bookkeeping_with_an_emulated_capture(dtype: str) -> None:
 
     def graphed(model: Any, loss: Any, opt: Any, *, alpha: float) -> Any:
         plan = StepPlan(model, loss, opt, alpha)
-        step = plan.graphed(_emulated_capture(plan))
+        captures.append([])
+        step = plan.graphed(_emulated_capture(plan, captures[-1]))
         steps.append(step)
         return step
 
     steps: list[Any] = []
+    captures: list[list[Any]] = []
     _alternate(Case("torch", "cpu", "torch-cpu"), dtype, graphed)
     assert len(steps[0].graphs) == 2  # one per batch shape
+    _changing(Case("torch", "cpu", "torch-cpu"), dtype, "sgd", graphed)
+    assert len(captures[1]) == 1 + len(CHANGES["sgd"][1])  # captured anew at each change
+    assert len(steps[1].graphs) == 1  # the graphs of old settings dropped
 
 
 def _counted_traces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
@@ -261,9 +318,9 @@ def _counted_traces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     traces = []
     original = StepPlan.captured_step
 
-    def counted(self: StepPlan, *args: Any) -> Any:
+    def counted(self: StepPlan, *args: Any, **kwargs: Any) -> Any:
         traces.append(tuple(args[-2].shape))  # runs only while jax.jit traces
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(StepPlan, "captured_step", counted)
     return traces
@@ -289,6 +346,13 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
     step(*short)
     assert traces == [(N, SIZES[0]), (5, SIZES[0])], traces
     assert opt.steps == 23
+    # A changed setting traces anew, once; the old value back takes the old trace.
+    opt.betas = (0.5, 0.9)
+    step(x, y)
+    step(x, y)
+    opt.betas = (0.9, 0.999)
+    step(x, y)
+    assert traces == [(N, SIZES[0]), (5, SIZES[0]), (N, SIZES[0])], traces
 
 
 # ---------------------------------------------------------------------------- the captured epoch
@@ -296,7 +360,8 @@ def _captures_epochs(case: Case) -> bool:
     """Whether ``case``'s backend captures whole epochs in ``fit`` (the others step them)."""
     if case.skip:
         return False
-    return case.placement().backend.capture_epoch(lambda *a: None, case.resolved_device) is not None
+    epoch = lambda *a, settings=None: None  # noqa: E731
+    return case.placement().backend.capture_epoch(epoch, case.resolved_device) is not None
 
 
 EPOCH_CASES = [c for c in cases(SELECTED) if _captures_epochs(c)]
@@ -310,10 +375,16 @@ def epoch_case(request: pytest.FixtureRequest) -> Case:
 
 
 def _fit_both(
-    case: Case, dtype: str, config: Config, sample_weight: bool = False, **kwargs: Any
+    case: Case,
+    dtype: str,
+    config: Config,
+    sample_weight: bool = False,
+    callbacks_of: Callable[[Any], list[Any]] = lambda opt: [],
+    **kwargs: Any,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[pm.History]]:
     """The same fit through the per-step captured step (``step=``) and through the captured
-    epoch (``compile=True``); the two setups and their histories."""
+    epoch (``compile=True``); the two setups and their histories. ``callbacks_of(optimizer)``:
+    each fit's callbacks."""
     per_step, per_epoch = _pair(case, dtype, config)
     x, y = _batch(case, dtype, config.target, seed=5, n=37)  # 2 full batches and a short one
     xv, yv = _batch(case, dtype, config.target, seed=6, n=11)
@@ -343,6 +414,7 @@ def _fit_both(
                 eval_set=(xe, ye),
                 alpha=config.alpha if captured else 0.0,
                 step=step,
+                callbacks=callbacks_of(opt),
                 **kwargs,
             )
         )
@@ -379,6 +451,33 @@ def test_the_captured_epoch_with_sample_weights(
         histories[1].eval_scores, histories[0].eval_scores, rtol=CAPTURED_TOL[dtype]
     )
     _assert_same_state(per_step, per_epoch, case, dtype, "sample weights")
+
+
+def test_the_captured_epoch_honours_settings_changed_by_a_callback(
+    epoch_case: Case, dtype: str
+) -> None:
+    """A callback switching momentum and clipping on after epoch 1: the captured epoch compiles
+    anew and trains as the steps one by one do."""
+
+    class Tune:
+        def __init__(self, opt: Any) -> None:
+            self.opt = opt
+
+        def on_epoch_end(self, epoch: int, logs: Any) -> None:
+            if epoch == 1:
+                self.opt.momentum, self.opt.max_grad_norm = 0.9, 0.5
+
+    config = Config(lambda m: pm.SGD(m, lr=0.05), pm.CrossEntropyLoss, "labels", alpha=0.01)
+    per_step, per_epoch, histories = _fit_both(
+        epoch_case,
+        dtype,
+        config,
+        rng=0,
+        callbacks_of=lambda opt: [Tune(opt)],
+    )
+    np.testing.assert_allclose(histories[1].loss, histories[0].loss, rtol=CAPTURED_TOL[dtype])
+    assert per_epoch[2].momentum == 0.9 and per_epoch[2].state  # the momentum buffers are made
+    _assert_same_state(per_step, per_epoch, epoch_case, dtype, "tuned")
 
 
 def test_a_diverging_captured_epoch_names_the_step_of_the_per_step_loop(epoch_case: Case) -> None:

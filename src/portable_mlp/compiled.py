@@ -42,7 +42,9 @@ def compile_step(model: Module, loss: Loss, optimizer: Optimizer, *, alpha: floa
     returns the batch loss as a 0-d array, without reading it back. Afterwards the parameters,
     gradients and optimizer state are those the eager step leaves (they may be views of the
     captured buffers), so ``step`` and ``train_step`` can be mixed freely; a schedule may change
-    ``optimizer.lr`` between calls. Inputs are checked as the eager step checks them.
+    ``optimizer.lr`` between calls. Other settings of the optimizer and loss (momentum, betas,
+    weight decay, ``max_grad_norm``, the loss's reduction) may change too: the step is then
+    captured anew (:meth:`StepPlan.settings`). Inputs are checked as the eager step checks them.
 
     The optimizer's state is made now (zeros, as its first step would make it). On JAX the
     parameters and state are donated: arrays taken from ``model.parameters()`` before a call are
@@ -112,6 +114,23 @@ class StepPlan:
         self.widest = max((m.p_in * m.p_out for m in linears), default=0)
         self._array_types: set[type] = set()
         optimizer.init_state()
+        self._settings = self.settings()  # those the optimizer's state was made for
+
+    def settings(self) -> tuple[Any, ...]:
+        """The Python values the step reads besides the arrays: the optimizer's (momentum,
+        betas, weight decay, clipping norm, ...; not the learning rate and step count, which a
+        capture takes as arrays) and the loss's. A capture bakes them in, so captures are keyed
+        by them: one changed between steps is honoured by capturing anew."""
+        return self.optimizer._settings(), self.loss._settings()
+
+    def current_settings(self) -> tuple[Any, ...]:
+        """:meth:`settings`, after making any optimizer state a changed setting needs (SGD's
+        momentum buffers once momentum is set), so the next capture has its final structure."""
+        settings = self.settings()
+        if settings != self._settings:
+            self.optimizer.init_state()
+            self._settings = settings
+        return settings
 
     def capture(self) -> Step:
         """The step captured as the backend captures it (its table entry's ``capture_step``)."""
@@ -186,10 +205,20 @@ class StepPlan:
 
     # ---- JAX: the step as a pure function
     def captured_step(
-        self, params: list[Array], state: Any, lr: Array, steps: Array, x: Array, y: Array
+        self,
+        params: list[Array],
+        state: Any,
+        lr: Array,
+        steps: Array,
+        x: Array,
+        y: Array,
+        *,
+        settings: Any = None,
     ) -> tuple[list[Array], Any, Array, list[Array], Array]:
         """The step as a pure function, for a tracing compiler: (params, optimizer state,
         learning rate, step count, x, y) -> (new params, new state, new count, gradients, loss).
+        ``settings`` (:meth:`settings`, static) only keys the compiler's cache: the trace reads
+        the optimizer's and loss's current values.
 
         The values are swapped into the model and optimizer for the eager code to run on, and
         the concrete arrays are put back afterwards, whatever happens.
@@ -216,8 +245,11 @@ class StepPlan:
 
         def step(x: Array, y: Array) -> Array:
             check(x, y)
+            settings = self.current_settings()
             lr, steps = scalars.current()
-            params, state, count, grads, value = compiled(self.params(), opt.state, lr, steps, x, y)
+            params, state, count, grads, value = compiled(
+                self.params(), opt.state, lr, steps, x, y, settings=settings
+            )
             self.set_params(params)
             opt.state = state
             scalars.stepped(count)
@@ -289,19 +321,29 @@ class _Graphed:
     The learning rate and step count live in device scalars (:class:`_Scalars`). Arrays the user
     rebinds (``set_parameters``, ``load_state_dict``) are copied into the captured ones
     before a replay, so the graphs always read and write the arrays they were captured with.
+    A changed optimizer or loss setting (:meth:`StepPlan.settings`) drops the graphs.
     """
 
     def __init__(self, plan: StepPlan, capture: GraphCapture) -> None:
         self.plan, self.capture = plan, capture
-        opt = plan.optimizer
         self.graphs: dict[tuple[Any, ...], _Graph] = {}
         self.scalars = _Scalars(plan, in_place=True)
         self.params = plan.params()
+        self._hold_state(plan.current_settings())
+
+    def _hold_state(self, settings: tuple[Any, ...]) -> None:
+        """Capture for ``settings`` from now on, over the optimizer's state arrays as they are."""
+        self.settings = settings
+        opt = self.plan.optimizer
         self.state = [(key, name, a) for key, s in opt.state.items() for name, a in s.items()]
 
     def __call__(self, x: Array, y: Array) -> Array:
         plan = self.plan
         plan.check(x, y)
+        settings = plan.current_settings()
+        if settings != self.settings:  # the graphs baked in the old values
+            self.graphs.clear()
+            self._hold_state(settings)
         key = (tuple(x.shape), tuple(y.shape), y.dtype)
         graph = self.graphs.get(key)
         if graph is None:

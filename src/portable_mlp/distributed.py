@@ -458,6 +458,9 @@ class DistributedOptimizer(Optimizer):
     def init_state(self) -> None:
         self.optimizer.init_state()
 
+    def _settings(self) -> tuple[Any, ...]:
+        return self.optimizer._settings()
+
     def _averaged(self, grads: Mapping[str, Array], n_local: int | None) -> Mapping[str, Array]:
         if not _collectives.is_initialized():
             return grads

@@ -33,6 +33,11 @@ class Loss:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
+    def _settings(self) -> tuple[Any, ...]:
+        """The Python values the loss reads (a captured step bakes them in and is keyed by
+        them, as by the optimizer's); a subclass with settings of its own adds them."""
+        return (self.reduction,)
+
     def forward(self, z: Array, y: Array) -> Array:
         """The loss of logits (or predictions) ``z: (n, k)`` against targets ``y``."""
         xp = namespace_of(z, y)

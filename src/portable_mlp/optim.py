@@ -140,6 +140,12 @@ class Optimizer:
         """The names of the per-parameter state buffers."""
         return ()
 
+    def _settings(self) -> tuple[Any, ...]:
+        """The Python values an update reads besides ``lr`` and ``steps`` (which a captured
+        step takes as arrays). A captured step bakes these in and is keyed by them, so changing
+        one between steps captures anew; a subclass with settings of its own adds them."""
+        return (self.weight_decay, self.max_grad_norm)
+
     def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Update every parameter; the portable form goes one parameter at a time."""
         new = {k: self._update(k, p, grads[k]) for k, p in params.items()}
@@ -210,6 +216,9 @@ class SGD(Optimizer):
         # A zero buffer gives the first step's b = g exactly (0 * momentum + g), as none does.
         return ("momentum",) if self.momentum else ()
 
+    def _settings(self) -> tuple[Any, ...]:
+        return (*super()._settings(), self.momentum, self.nesterov)
+
     def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
         # add_scaled takes a host number; a captured step's learning rate is an array.
         if self.momentum or self.weight_decay or not isinstance(self.lr, float):
@@ -269,6 +278,9 @@ class Adam(Optimizer):
 
     def _state_names(self) -> tuple[str, ...]:
         return ("m", "v")
+
+    def _settings(self) -> tuple[Any, ...]:
+        return (*super()._settings(), self.betas, self.eps)
 
     def _apply(self, params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
         # The bias corrections are the same for every parameter: computed once a step.

@@ -639,8 +639,18 @@ class _CapturedEpoch:
         # The parameters' dtype: the step count's powers in Adam's bias correction keep it.
         lr, steps = (where.asarray(float(v)) for v in (opt.lr, opt.steps))
         indices = None if order is None else order[0]
+        settings = plan.current_settings()  # a callback may have changed one: compiles anew
         params, state, grads, losses, summed, report = self.compiled(
-            plan.params(), opt.state, lr, steps, run.X, run.T, indices, run.validation, run.eval_set
+            plan.params(),
+            opt.state,
+            lr,
+            steps,
+            run.X,
+            run.T,
+            indices,
+            run.validation,
+            run.eval_set,
+            settings=settings,
         )
         plan.set_params(params)
         opt.state = state
@@ -660,11 +670,13 @@ class _CapturedEpoch:
         order: Array | None,
         validation: tuple[Array, Array] | None,
         eval_set: tuple[Array, Array] | None,
+        *,
+        settings: Any = None,
     ) -> tuple[list[Array], Any, list[Array], Array, Array, Array]:
         """The epoch as a pure function, for a tracing compiler: (``scan``, parameters,
         optimizer state, learning rate, step count, X, T, order or None, validation and eval
         sets) -> (new parameters, new state, the last gradients, each step's summed loss, their
-        sum, the report)."""
+        sum, the report). ``settings`` (:meth:`StepPlan.settings`) only keys the compilation."""
         run, plan, xp = self.run, self.plan, self.run.xp
         n, b = X.shape[0], run.bounds[0][1]
         full = n // b  # rows full * b onwards: the short last batch

@@ -242,9 +242,10 @@ class Backend:
 
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
         """A whole epoch of the captured step as one compiled call, for ``fit`` on ``device``:
-        ``epoch(scan, params, state, lr, steps, ...)`` is a pure function that steps with the
-        ``scan`` given (``scan(f, carry, xs) -> (carry, ys)``); parameters and state may be
-        donated. By default None: ``fit`` calls the step once per batch."""
+        ``epoch(scan, params, state, lr, steps, ..., settings=...)`` is a pure function that
+        steps with the ``scan`` given (``scan(f, carry, xs) -> (carry, ys)``); parameters and
+        state may be donated; ``settings`` is hashable and keys the compilation (a changed one
+        compiles anew). By default None: ``fit`` calls the step once per batch."""
         return None
 
 
@@ -693,8 +694,11 @@ class _Jax(Backend):
         import jax
 
         # Donated parameters, state and step count let XLA update them in place; the learning
-        # rate and count are arrays, so new values never retrace.
-        return plan.functional(jax.jit(plan.captured_step, donate_argnums=(0, 1, 3)))
+        # rate and count are arrays, so new values never retrace; the optimizer's and loss's
+        # other settings are a static argument, so a changed one traces anew.
+        return plan.functional(
+            jax.jit(plan.captured_step, donate_argnums=(0, 1, 3), static_argnames=("settings",))
+        )
 
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
         if getattr(device, "mesh", None) is not None:
@@ -704,7 +708,9 @@ class _Jax(Backend):
         # One dispatch and one compilation for all of an epoch's steps, its gathers and its
         # report: eager ops around a step would each compile once and dispatch every batch.
         compiled: Callable[..., Any] = jax.jit(
-            functools.partial(epoch, jax.lax.scan), donate_argnums=(0, 1)
+            functools.partial(epoch, jax.lax.scan),
+            donate_argnums=(0, 1),
+            static_argnames=("settings",),
         )
         return compiled
 
