@@ -44,7 +44,10 @@ def compile_step(model: Module, loss: Loss, optimizer: Optimizer, *, alpha: floa
     captured buffers), so ``step`` and ``train_step`` can be mixed freely; a schedule may change
     ``optimizer.lr`` between calls. Other settings of the optimizer and loss (momentum, betas,
     weight decay, ``max_grad_norm``, the loss's reduction) may change too: the step is then
-    captured anew (:meth:`StepPlan.settings`). Inputs are checked as the eager step checks them.
+    captured anew (:meth:`StepPlan.settings`). The model's layers and their settings (an
+    activation's slope) are baked into a compiled or graphed step: after changing them, build a
+    new step.
+    Inputs are checked as the eager step checks them.
 
     The optimizer's state is made now (zeros, as its first step would make it). On JAX the
     parameters and state are donated: arrays taken from ``model.parameters()`` before a call are
