@@ -188,6 +188,24 @@ def test_progress_names_the_test_split(capsys: pytest.CaptureFixture[str]) -> No
     )
 
 
+def test_no_compile_trains_with_the_eager_step(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--no-compile`` reaches the estimator: no step is captured, and the run is the same."""
+    from portable_mlp.compiled import StepPlan
+
+    made = []
+    real = StepPlan.capture
+    monkeypatch.setattr(StepPlan, "capture", lambda plan: made.append(1) or real(plan))
+    argv = ("train", "--epochs", "3", "--hidden", "8")
+    captured = _run(capsys, *argv)
+    assert captured[0] == 0 and len(made) == 1
+    eager = _run(capsys, *argv, "--no-compile")
+    assert eager[0] == 0 and len(made) == 1
+    table = [line for line in captured[1].splitlines() if "│" in line]
+    assert table and table == [line for line in eager[1].splitlines() if "│" in line]
+
+
 def test_stopping_and_clipping_flags(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = _run(capsys, "train", "--tol", "10", "--n-iter-no-change", "2", "--quiet")
     assert status == 0 and "4 epochs" in out and err == ""  # epoch 1 improves on inf only

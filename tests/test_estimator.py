@@ -365,3 +365,19 @@ def test_fit_captures_the_step_once_and_partial_fit_never(
     for _ in range(3):
         clf.partial_fit(X, y)
     assert len(made) == 1
+    # compile=False: no capture, and the eager step trains to the same weights.
+    eager = pm.MLPClassifier((4,), max_iter=3, random_state=0, compile=False)
+    again = pm.MLPClassifier((4,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager.fit(X, y)
+        assert len(made) == 1
+        again.fit(X, y)
+        assert len(made) == 2
+    np.testing.assert_allclose(eager.loss_curve_, again.loss_curve_, rtol=1e-12)
+    mine, theirs = eager.coefs_ + eager.intercepts_, again.coefs_ + again.intercepts_
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert eager.get_params()["compile"] is False
+    with pytest.raises(ValueError, match="MLPClassifier compile must be True or False, got 'no'"):
+        pm.MLPClassifier(compile="no").fit(X, y)

@@ -213,7 +213,7 @@ def _train(
             alpha=est.alpha,
             # A capture is made per call: it pays over many epochs, not over partial_fit's one
             # (on JAX a fresh trace and compilation per call would cost more than it saves).
-            compile=epochs > 1,
+            compile=bool(est.compile) and epochs > 1,
             progress=bool(est.verbose),
             eval_name=eval_name,
             history=history,

@@ -53,6 +53,8 @@ def check_estimator_params(est: Any) -> None:
         raise ValueError(f"{name} batch_size must be 'auto' or an int >= 1, got {batch!r}")
     if not (is_int(est.max_iter) and est.max_iter >= 1):
         raise ValueError(f"{name} max_iter must be an int >= 1, got {est.max_iter!r}")
+    if not isinstance(est.compile, (bool, np.bool_)):
+        raise ValueError(f"{name} compile must be True or False, got {est.compile!r}")
     stall = est.n_iter_no_change
     if not ((is_int(stall) and stall >= 1) or stall == math.inf):
         raise ValueError(f"{name} n_iter_no_change must be an int >= 1 or inf, got {stall!r}")

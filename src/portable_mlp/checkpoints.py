@@ -736,6 +736,7 @@ _PARAMS: dict[str, Any] = {
     "n_iter_no_change": lambda v: _is_size(v) or v == math.inf,
     "power_t": _is_finite,
     "max_grad_norm": _optional(_is_positive),
+    "compile": _is_bool,
     "backend": lambda v: v in BACKENDS,
     "device": lambda v: v is None,
     "dtype": lambda v: v is None,

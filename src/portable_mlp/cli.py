@@ -170,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
         help="hold out 10%% of the training split, stop when its accuracy stalls and keep the "
         "best weights (default: off, as in scikit-learn)",
     )
+    train.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with the step captured by the backend (jax.jit, CUDA graphs; default), or "
+        "step by step without capture (--no-compile)",
+    )
     train.add_argument("--save", type=Path, help="write the trained model to this checkpoint")
     train.add_argument(
         "--plot", type=Path, help="write the training curves: a .png, .jpg, .svg or .pdf file"
@@ -305,6 +312,7 @@ def _train(args: argparse.Namespace) -> int:
         tol=args.tol,
         n_iter_no_change=args.n_iter_no_change,
         max_grad_norm=args.max_grad_norm,
+        compile=args.compile,
         random_state=args.seed,
         early_stopping=args.early_stopping,
         verbose=not args.quiet,

@@ -1,10 +1,12 @@
 """``MLPClassifier`` and ``MLPRegressor``: scikit-learn's estimators, on any array backend.
 
 Parameters mean what they mean in ``sklearn.neural_network.MLPClassifier``/``MLPRegressor``,
-plus ``backend``, ``device``, ``dtype`` and ``max_grad_norm``. Training data is validated on the
-host once and moved to the device once (sparse ``X``: one batch at a time), then trained by
-:func:`portable_mlp.training.fit` (how: :mod:`portable_mlp._fitting`); this module keeps the
-scikit-learn protocol, the labels, prediction and the state a checkpoint stores.
+plus ``backend``, ``device``, ``dtype``, ``max_grad_norm`` and ``compile`` (train with the
+captured step, :func:`portable_mlp.compile_step`; ``False``: the eager step). Training data is
+validated on the host once and moved to the device once (sparse ``X``: one batch at a time),
+then trained by :func:`portable_mlp.training.fit` (how: :mod:`portable_mlp._fitting`); this
+module keeps the scikit-learn protocol, the labels, prediction and the state a checkpoint
+stores.
 
 ``ConvergenceWarning`` and ``NotFittedError`` are scikit-learn's own classes' subclasses where
 scikit-learn is installed; they are made when first used (importing scikit-learn takes seconds).
@@ -80,6 +82,7 @@ class _BaseMLP:
         epsilon: float = 1e-8,
         n_iter_no_change: int | float = 10,
         max_grad_norm: float | None = None,
+        compile: bool = True,
         backend: str | ModuleType = "numpy",
         device: Any = None,
         dtype: Any = None,
@@ -109,6 +112,7 @@ class _BaseMLP:
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_grad_norm = max_grad_norm
+        self.compile = compile
         self.backend = _backend_spelling(backend)
         self.device = device
         self.dtype = dtype
