@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -381,3 +382,99 @@ def test_fit_captures_the_step_once_and_partial_fit_never(
     assert eager.get_params()["compile"] is False
     with pytest.raises(ValueError, match="MLPClassifier compile must be True or False, got 'no'"):
         pm.MLPClassifier(compile="no").fit(X, y)
+
+
+# ---------------------------------------------------------------------------- prediction
+def _predictions_by_hand(est: Any, X: np.ndarray) -> dict[str, np.ndarray]:
+    """What each prediction method gives, computed from the eager forward pass."""
+    F, xp = pm.functional, est.model_.xp
+    z = est.model_.forward(est.model_.placement.asarray(X), cache=False)
+    host = pm.to_numpy
+    if isinstance(est, pm.MLPRegressor):
+        return {"predict": host(z[:, 0] if est._y_was_1d else z)}
+    if est._multilabel:
+        return {
+            "predict_proba": host(F.sigmoid(z, xp=xp)),
+            "predict_log_proba": np.log(host(F.sigmoid(z, xp=xp))),
+            "predict": (host(z) > 0).astype(int),
+        }
+    if est.n_outputs_ == 1:
+        p = host(F.sigmoid(z, xp=xp))
+        proba = np.concatenate([1 - p, p], axis=1)
+    else:
+        proba = host(F.softmax(z, xp=xp))
+    return {
+        "predict_proba": proba,
+        "predict_log_proba": np.log(proba),
+        "predict": est.classes_[np.argmax(proba, axis=1)],
+    }
+
+
+def test_predictions_equal_the_eager_forward(case: Case, dtype: str) -> None:
+    """Every prediction method and output kind (binary, multiclass, multilabel, regression),
+    through the compiled prediction where the backend compiles, equals the eager forward."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4))
+    targets = {
+        "binary": rng.integers(0, 2, size=30),
+        "multiclass": rng.integers(0, 3, size=30),
+        "multilabel": rng.integers(0, 2, size=(30, 3)),
+    }
+    kwargs = dict(max_iter=3, random_state=0, **case.model_kwargs(dtype))
+    fitted = [_fit(pm.MLPClassifier((5,), **kwargs), X, y) for y in targets.values()]
+    fitted.append(_fit(pm.MLPRegressor((5,), **kwargs), X, X[:, 0]))
+    tol = {"float64": 1e-12, "float32": 1e-5}[dtype]
+    for est in fitted:
+        for n in (7, 30, 7):  # two batch shapes, the first again
+            for method, expected in _predictions_by_hand(est, X[:n]).items():
+                got = pm.to_numpy(getattr(est, method)(X[:n]))  # NumPy in, NumPy out
+                what = f"{type(est).__name__} {est.n_outputs_} {method} n={n}"
+                if method == "predict" and not isinstance(est, pm.MLPRegressor):
+                    assert np.array_equal(got, expected), what
+                else:  # values of order 1: relative and absolute alike
+                    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=what)
+        # The prediction functions kept on the model are left out of a pickle, and remade.
+        assert "_predictions" in est.model_.__dict__
+        again = pickle.loads(pickle.dumps(est))
+        assert "_predictions" not in again.model_.__dict__
+        np.testing.assert_array_equal(pm.to_numpy(again.predict(X)), pm.to_numpy(est.predict(X)))
+
+
+def test_jax_prediction_compiles_once_per_method_and_shape() -> None:
+    """On JAX a prediction is one compiled call: a new batch shape compiles one program per
+    method (not one per operation), a shape seen before compiles nothing, and the estimator
+    still pickles."""
+    import logging
+
+    from portable_mlp.testing import selected_backends
+
+    if "jax" not in selected_backends():
+        pytest.skip("JAX is not among this run's backends")
+    import jax
+
+    compiled: list[str] = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Compiling "):
+                compiled.append(record.getMessage().split(" ")[1])
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 3, size=40)
+    clf = _fit(pm.MLPClassifier((5,), max_iter=2, random_state=0, backend="jax"), X, y)
+    methods = (clf.predict_proba, clf.predict_log_proba, clf.predict)
+    logger, handler = logging.getLogger("jax"), Compiles(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            for method in methods:
+                method(X[:11])
+            assert compiled == ["jit(predict)"] * 3, compiled
+            for method in methods:
+                method(X[:11])
+            clf.score(X[:11], y[:11])
+            assert len(compiled) == 3, compiled
+    finally:
+        logger.removeHandler(handler)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X[:11]), clf.predict_proba(X[:11]))

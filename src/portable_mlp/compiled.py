@@ -56,6 +56,49 @@ def compile_step(model: Module, loss: Loss, optimizer: Optimizer, *, alpha: floa
     return StepPlan(model, loss, optimizer, alpha).capture()
 
 
+def predict_function(
+    model: Module, then: Callable[[Array, Any], Array] | None = None
+) -> Callable[[Array], Array]:
+    """``x -> then(model(x), placement)`` for prediction (nothing kept for a backward), ``x``
+    already checked: one compiled call where the backend compiles functions (its table entry's
+    ``capture_forward``; JAX, where each eager operation would compile for every new batch
+    shape), else the eager calls. ``then`` maps the outputs row by row (probabilities,
+    labels); pass a module-level function: the function made for it is kept on the model
+    (``_predictions``, which copies and pickles leave out) and given again for the same
+    ``then``. The compiled call takes the parameters as they are at each call."""
+    made: dict[Any, Callable[[Array], Array]] = model.__dict__.setdefault("_predictions", {})
+    if then in made:
+        return made[then]
+    where: Any = model.placement  # type: ignore[attr-defined]
+    slots = [(leaf, attr) for _, leaf, attr in _slots(model)]
+
+    def outputs(x: Array) -> Array:
+        z = model._forward(x, False)
+        return z if then is None else then(z, where)
+
+    def predict(params: list[Array], x: Array) -> Array:
+        saved = [getattr(leaf, attr) for leaf, attr in slots]
+        for (leaf, attr), p in zip(slots, params, strict=True):
+            setattr(leaf, attr, p)
+        try:
+            return outputs(x)
+        finally:
+            for (leaf, attr), p in zip(slots, saved, strict=True):
+                setattr(leaf, attr, p)
+
+    compiled = where.backend.capture_forward(predict)
+    if compiled is None:
+        made[then] = outputs
+    else:
+        made[then] = lambda x: compiled([getattr(leaf, attr) for leaf, attr in slots], x)
+    return made[then]
+
+
+def _slots(model: Module) -> list[tuple[str, Module, str]]:
+    """(key, leaf layer, attribute) of every parameter of ``model``, in its order."""
+    return list(getattr(model, "_slots", None) or [(k, model, k) for k in model.parameters()])
+
+
 def backward_and_update(
     model: Module, loss: Loss, optimizer: Optimizer, value: Array, rows: int, alpha: float
 ) -> Array:
@@ -101,9 +144,7 @@ class StepPlan:
         self.placement = optimizer.placement
         self.xp = self.placement.xp
         # (key, leaf layer, attribute) of every parameter, in the model's order.
-        self.slots: list[tuple[str, Module, str]] = list(
-            getattr(model, "_slots", None) or [(k, model, k) for k in model.parameters()]
-        )
+        self.slots = _slots(model)
         # Each parameter-holding layer, with the (attribute, slot index) of its gradients.
         leaves: dict[int, tuple[Module, list[tuple[str, int]]]] = {}
         for i, (_, leaf, attr) in enumerate(self.slots):

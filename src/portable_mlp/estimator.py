@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from . import _backend, _fitting, _validation, checkpoints, metrics, optim
 from . import functional as F
-from ._backend import Array
+from ._backend import Array, Placement
+from .compiled import predict_function
 from .layers import Module
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .models import MLP
@@ -48,6 +49,53 @@ def _raise_not_fitted(who: str) -> None:
     raise _validation.sklearn_classes()["NotFittedError"](
         f"This {who} instance is not fitted yet; call fit() first"
     )
+
+
+# What prediction makes of the model's outputs z, row by row, on the model's placement: each is
+# compiled with the forward pass where the backend compiles (compiled.predict_function).
+def _sigmoid(z: Array, where: Placement) -> Array:
+    return F.sigmoid(z, xp=where.xp)
+
+
+def _binary_proba(z: Array, where: Placement) -> Array:
+    p = F.sigmoid(z, xp=where.xp)
+    return where.xp.concat([1.0 - p, p], axis=1)
+
+
+def _softmax(z: Array, where: Placement) -> Array:
+    return F.softmax(z, xp=where.xp)
+
+
+def _log_softmax(z: Array, where: Placement) -> Array:
+    return F.log_softmax(z, xp=where.xp)
+
+
+def _log_sigmoid(z: Array, where: Placement, *, both: bool = False) -> Array:
+    # log sigmoid(z) = -(max(-z, 0) + log1p(exp(-|z|))); log(1 - sigmoid(z)) likewise in z
+    xp = where.xp
+    tail = xp.log1p(F.exp_neg_abs(z, xp=xp))
+    log_p = -(xp.maximum(-z, 0.0) + tail)
+    return xp.concat([-(xp.maximum(z, 0.0) + tail), log_p], axis=1) if both else log_p
+
+
+def _binary_log_proba(z: Array, where: Placement) -> Array:
+    return _log_sigmoid(z, where, both=True)
+
+
+def _indicators(z: Array, where: Placement) -> Array:
+    return where.xp.astype(z > 0, where.index_dtype)
+
+
+def _positive(z: Array, where: Placement) -> Array:
+    return z[:, 0] > 0
+
+
+def _argmax(z: Array, where: Placement) -> Array:
+    return where.xp.argmax(z, axis=1)
+
+
+def _first_column(z: Array, where: Placement) -> Array:
+    return z[:, 0]
 
 
 class _BaseMLP:
@@ -237,24 +285,24 @@ class _BaseMLP:
     def _check_n_features(self, X: Any, what: str = "X") -> None:
         _validation.check_n_features(X, self.n_features_in_, type(self).__name__, what)
 
-    def _outputs(self, X: Any, method: str) -> Array:
-        """The model's outputs ``(n, k)`` for ``X`` on its placement, keeping no activations:
-        ``X`` checked (finite, within the model's dtype, its features and their names)."""
+    def _outputs(self, X: Any, method: str, then: Any = None) -> Array:
+        """``then(z, placement)`` of the model's outputs ``z: (n, k)`` for ``X`` (``z`` itself
+        without ``then``), on the model's placement, keeping no activations: ``X`` checked
+        (finite, within the model's dtype, its features and their names)."""
         self._check_fitted()
         who = type(self).__name__
         where = self.model_.placement
         if _validation.array_api_dispatch():
             _validation.check_same_namespace(where, X, who, method)
         _validation.check_feature_names(self, X, reset=False)
+        predict = predict_function(self.model_, then)
         if not _validation.is_sparse(X):
-            Xd = _validation.features_on(where, X, self.n_features_in_, who)
-            return self.model_.forward(Xd, cache=False)
+            return predict(_validation.features_on(where, X, self.n_features_in_, who))
         A = _validation.check_features(X, who=who, limit=where.dtype)
         self._check_n_features(A)
         rows = max(1, _DENSE_BLOCK // A.shape[1])
         blocks = [
-            self.model_.forward(where.asarray(A[s : s + rows].toarray()), cache=False)
-            for s in range(0, A.shape[0], rows)
+            predict(where.asarray(A[s : s + rows].toarray())) for s in range(0, A.shape[0], rows)
         ]
         return blocks[0] if len(blocks) == 1 else where.xp.concat(blocks, axis=0)
 
@@ -430,41 +478,34 @@ class MLPClassifier(_BaseMLP):
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities ``(n, n_classes)`` (each label's, for multilabel), in the
         namespace, on the device and in the floating dtype of ``X``."""
-        z = self._outputs(X, "predict_proba")
-        xp = self.model_.xp
+        self._check_fitted()  # before the fitted attributes are read
+        then = _softmax
         if self._multilabel:
-            proba = F.sigmoid(z, xp=xp)
+            then = _sigmoid
         elif self.n_outputs_ == 1:
-            p = F.sigmoid(z, xp=xp)
-            proba = xp.concat([1.0 - p, p], axis=1)
-        else:
-            proba = F.softmax(z, xp=xp)
+            then = _binary_proba
+        proba = self._outputs(X, "predict_proba", then)
         return _validation.like_input(proba, X, floating=True)
 
     def predict_log_proba(self, X: Any) -> Any:
         """The logarithm of :meth:`predict_proba`, computed from the logits (finite where a
         probability rounds to 0)."""
-        z = self._outputs(X, "predict_log_proba")
-        xp = self.model_.xp
-        if self._out_activation() == "softmax":
-            return _validation.like_input(F.log_softmax(z, xp=xp), X, floating=True)
-        # log sigmoid(z) = -(max(-z, 0) + log1p(exp(-|z|))); log(1 - sigmoid(z)) likewise in z
-        tail = xp.log1p(F.exp_neg_abs(z, xp=xp))
-        log_p = -(xp.maximum(-z, 0.0) + tail)
-        if not self._multilabel:
-            log_p = xp.concat([-(xp.maximum(z, 0.0) + tail), log_p], axis=1)
-        return _validation.like_input(log_p, X, floating=True)
+        self._check_fitted()  # before the fitted attributes are read
+        then = _log_softmax
+        if self._multilabel:
+            then = _log_sigmoid
+        elif self.n_outputs_ == 1:
+            then = _binary_log_proba
+        return _validation.like_input(self._outputs(X, "predict_log_proba", then), X, floating=True)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels ``(n,)`` (a 0/1 indicator ``(n, k)`` for multilabel), in X's
         namespace (NumPy for NumPy input or string labels)."""
-        z = self._outputs(X, "predict")
-        xp = self.model_.xp
+        self._check_fitted()  # before the fitted attributes are read
         if self._multilabel:
-            return _validation.like_input(xp.astype(z > 0, self.model_.placement.index_dtype), X)
-        labels = _validation.decode_labels(
-            self.classes_, z[:, 0] > 0 if self.n_outputs_ == 1 else xp.argmax(z, axis=1)
-        )
+            return _validation.like_input(self._outputs(X, "predict", _indicators), X)
+        then = _positive if self.n_outputs_ == 1 else _argmax
+        labels = _validation.decode_labels(self.classes_, self._outputs(X, "predict", then))
         return labels if labels.dtype.kind not in "biuf" else _validation.like_input(labels, X)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
@@ -525,9 +566,9 @@ class MLPRegressor(_BaseMLP):
     def predict(self, X: Any) -> Any:
         """Predictions ``(n,)`` (or ``(n, n_outputs)``), in the namespace, on the device and in
         the floating dtype of ``X``."""
-        z = self._outputs(X, "predict")
-        if self.n_outputs_ == 1 and self._y_was_1d:
-            z = z[:, 0]
+        self._check_fitted()  # before the fitted attributes are read
+        column = self.n_outputs_ == 1 and self._y_was_1d
+        z = self._outputs(X, "predict", _first_column if column else None)
         return _validation.like_input(z, X, floating=True)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:

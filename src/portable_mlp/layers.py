@@ -40,6 +40,7 @@ class Module:
         state = dict(self.__dict__)
         for key in self._transient:
             state[key] = None
+        state.pop("_predictions", None)  # compiled prediction functions (compiled.py), remade
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -240,6 +240,12 @@ class Backend:
         step with its calls looked up once (no compiler, no graph)."""
         return plan.eager()
 
+    def capture_forward(self, fn: Callable[..., Array]) -> Callable[..., Array] | None:
+        """``fn(params, x)`` (a model's prediction as a pure function) compiled, where that pays
+        (JAX: one call instead of an operation at a time, each compiled per new shape); by
+        default None: the caller runs the eager forward."""
+        return None
+
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
         """A whole epoch of the captured step as one compiled call, for ``fit`` on ``device``:
         ``epoch(scan, params, state, lr, steps, ..., settings=...)`` is a pure function that
@@ -699,6 +705,12 @@ class _Jax(Backend):
         return plan.functional(
             jax.jit(plan.captured_step, donate_argnums=(0, 1, 3), static_argnames=("settings",))
         )
+
+    def capture_forward(self, fn: Callable[..., Array]) -> Callable[..., Array] | None:
+        import jax
+
+        compiled: Callable[..., Array] = jax.jit(fn)
+        return compiled
 
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
         if getattr(device, "mesh", None) is not None:
