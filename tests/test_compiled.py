@@ -7,7 +7,6 @@ CUDA device is present; elsewhere their tests skip and say so.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,13 @@ import portable_mlp as pm
 from portable_mlp._backend import namespace_of
 from portable_mlp.compiled import StepPlan
 from portable_mlp.losses import SampleWeightedLoss
-from portable_mlp.testing import Case, assert_close, cases, selected_backends
+from portable_mlp.testing import (
+    Case,
+    assert_close,
+    cases,
+    jax_compilations,
+    selected_backends,
+)
 
 SELECTED = selected_backends()  # the backends this run covers (PORTABLE_MLP_BACKEND)
 
@@ -507,50 +512,38 @@ def test_jax_compiles_an_epoch_once(monkeypatch: pytest.MonkeyPatch) -> None:
     nothing at all compiles in the epochs after it (schedule, validation and eval set on)."""
     if "jax" not in SELECTED:
         pytest.skip("JAX is not among this run's backends")
-    import jax
 
     traces = _counted_traces(monkeypatch)
-    compiled: list[str] = []
-
-    class Compiles(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling "):
-                compiled.append(record.getMessage().split(" ")[1])
 
     class AtEpochEnd:
-        def __init__(self) -> None:
-            self.counts: list[int] = []
+        def __init__(self, compiled: list[str]) -> None:
+            self.compiled, self.counts = compiled, list[int]()
 
         def on_epoch_end(self, epoch: int, logs: Any) -> None:
-            self.counts.append(len(compiled))
+            self.counts.append(len(self.compiled))
 
-    handler, at_end = Compiles(level=logging.WARNING), AtEpochEnd()
-    logger = logging.getLogger("jax")
     case = Case("jax", None, "jax")
     config = CONFIGS["adam-wd-ce-probs-gelu-l2-cosine"]
     (model, loss, opt, schedule), _ = _pair(case, "float32", config)
     x, y = _batch(case, "float32", config.target, seed=5, n=37)
     xv, yv = _batch(case, "float32", config.target, seed=6, n=11)
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            pm.fit(
-                model,
-                loss,
-                opt,
-                x,
-                y,
-                epochs=4,
-                batch_size=16,
-                rng=0,
-                schedule=schedule,
-                alpha=config.alpha,
-                validation=(xv, yv),
-                eval_set=(xv, yv),
-                callbacks=[at_end],
-            )
-    finally:
-        logger.removeHandler(handler)
+    with jax_compilations() as compiled:
+        at_end = AtEpochEnd(compiled)
+        pm.fit(
+            model,
+            loss,
+            opt,
+            x,
+            y,
+            epochs=4,
+            batch_size=16,
+            rng=0,
+            schedule=schedule,
+            alpha=config.alpha,
+            validation=(xv, yv),
+            eval_set=(xv, yv),
+            callbacks=[at_end],
+        )
     assert traces == [(16, SIZES[0]), (5, SIZES[0])], traces
     assert compiled.count("jit(captured_epoch)") == 1, compiled
     assert "jit(captured_step)" not in compiled, compiled
@@ -723,38 +716,24 @@ def test_jax_fit_compiles_only_its_epoch(monkeypatch: pytest.MonkeyPatch) -> Non
     test uses, a whole fit compiles its epoch and nothing else."""
     if "jax" not in SELECTED:
         pytest.skip("JAX is not among this run's backends")
-    import jax
-
-    compiled: list[str] = []
-
-    class Compiles(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling "):
-                compiled.append(record.getMessage().split(" ")[1])
-
     case = Case("jax", None, "jax")
     rng = np.random.default_rng(0)
     x, y = (case.array(rng.normal(size=(29, k)), "float32") for k in (23, 3))
     xv, yv = (case.array(rng.normal(size=(7, k)), "float32") for k in (23, 3))
     namespace_of(x)  # array-api-compat's first look at a JAX array compiles, once a process
-    handler, logger = Compiles(level=logging.WARNING), logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            model = pm.MLP([23, 7, 3], rng=0, **case.model_kwargs("float32"))
-            opt = pm.Adam(model, lr=0.01)
-            pm.fit(
-                model,
-                pm.MSELoss(),
-                opt,
-                x,
-                y,
-                epochs=3,
-                batch_size=8,
-                rng=0,
-                validation=(xv, yv),
-                eval_set=(xv, yv),
-            )
-    finally:
-        logger.removeHandler(handler)
+    with jax_compilations() as compiled:
+        model = pm.MLP([23, 7, 3], rng=0, **case.model_kwargs("float32"))
+        opt = pm.Adam(model, lr=0.01)
+        pm.fit(
+            model,
+            pm.MSELoss(),
+            opt,
+            x,
+            y,
+            epochs=3,
+            batch_size=8,
+            rng=0,
+            validation=(xv, yv),
+            eval_set=(xv, yv),
+        )
     assert compiled == ["jit(captured_epoch)"], compiled

@@ -11,7 +11,7 @@ import pytest
 
 import portable_mlp as pm
 from portable_mlp import _backend, datasets
-from portable_mlp.testing import Case, assert_close
+from portable_mlp.testing import Case, assert_close, jax_compilations, selected_backends
 
 
 @pytest.fixture(scope="module")
@@ -444,37 +444,19 @@ def test_jax_prediction_compiles_once_per_method_and_shape() -> None:
     """On JAX a prediction is one compiled call: a new batch shape compiles one program per
     method (not one per operation), a shape seen before compiles nothing, and the estimator
     still pickles."""
-    import logging
-
-    from portable_mlp.testing import selected_backends
-
     if "jax" not in selected_backends():
         pytest.skip("JAX is not among this run's backends")
-    import jax
-
-    compiled: list[str] = []
-
-    class Compiles(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling "):
-                compiled.append(record.getMessage().split(" ")[1])
-
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, 4)), rng.integers(0, 3, size=40)
     clf = _fit(pm.MLPClassifier((5,), max_iter=2, random_state=0, backend="jax"), X, y)
     methods = (clf.predict_proba, clf.predict_log_proba, clf.predict)
-    logger, handler = logging.getLogger("jax"), Compiles(level=logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            for method in methods:
-                method(X[:11])
-            assert compiled == ["jit(predict)"] * 3, compiled
-            for method in methods:
-                method(X[:11])
-            clf.score(X[:11], y[:11])
-            assert len(compiled) == 3, compiled
-    finally:
-        logger.removeHandler(handler)
+    with jax_compilations() as compiled:
+        for method in methods:
+            method(X[:11])
+        assert compiled == ["jit(predict)"] * 3, compiled
+        for method in methods:
+            method(X[:11])
+        clf.score(X[:11], y[:11])
+        assert len(compiled) == 3, compiled
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict_proba(X[:11]), clf.predict_proba(X[:11]))

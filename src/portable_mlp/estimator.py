@@ -475,37 +475,32 @@ class MLPClassifier(_BaseMLP):
     def _out_activation(self) -> str:
         return "logistic" if self._multilabel or self.n_outputs_ == 1 else "softmax"
 
+    def _by_kind(self, multilabel: Any, binary: Any, multiclass: Any) -> Any:
+        """Of the three, the one for this classifier's outputs (checked fitted first)."""
+        self._check_fitted()
+        if self._multilabel:
+            return multilabel
+        return binary if self.n_outputs_ == 1 else multiclass
+
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities ``(n, n_classes)`` (each label's, for multilabel), in the
         namespace, on the device and in the floating dtype of ``X``."""
-        self._check_fitted()  # before the fitted attributes are read
-        then = _softmax
-        if self._multilabel:
-            then = _sigmoid
-        elif self.n_outputs_ == 1:
-            then = _binary_proba
-        proba = self._outputs(X, "predict_proba", then)
-        return _validation.like_input(proba, X, floating=True)
+        then = self._by_kind(_sigmoid, _binary_proba, _softmax)
+        return _validation.like_input(self._outputs(X, "predict_proba", then), X, floating=True)
 
     def predict_log_proba(self, X: Any) -> Any:
         """The logarithm of :meth:`predict_proba`, computed from the logits (finite where a
         probability rounds to 0)."""
-        self._check_fitted()  # before the fitted attributes are read
-        then = _log_softmax
-        if self._multilabel:
-            then = _log_sigmoid
-        elif self.n_outputs_ == 1:
-            then = _binary_log_proba
+        then = self._by_kind(_log_sigmoid, _binary_log_proba, _log_softmax)
         return _validation.like_input(self._outputs(X, "predict_log_proba", then), X, floating=True)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels ``(n,)`` (a 0/1 indicator ``(n, k)`` for multilabel), in X's
         namespace (NumPy for NumPy input or string labels)."""
-        self._check_fitted()  # before the fitted attributes are read
+        outputs = self._outputs(X, "predict", self._by_kind(_indicators, _positive, _argmax))
         if self._multilabel:
-            return _validation.like_input(self._outputs(X, "predict", _indicators), X)
-        then = _positive if self.n_outputs_ == 1 else _argmax
-        labels = _validation.decode_labels(self.classes_, self._outputs(X, "predict", then))
+            return _validation.like_input(outputs, X)
+        labels = _validation.decode_labels(self.classes_, outputs)
         return labels if labels.dtype.kind not in "biuf" else _validation.like_input(labels, X)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:

@@ -28,8 +28,10 @@ A test suite of one's own can use them as ``tests/conftest.py`` does::
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -540,3 +542,25 @@ def away_from_zero(a: Any, margin: float = 0.05) -> np.ndarray[Any, Any]:
         np.abs(host) < margin, np.sign(host + 1e-12) * margin, host
     )
     return moved
+
+
+@contextmanager
+def jax_compilations() -> Iterator[list[str]]:
+    """The names of the programs JAX compiles inside the block (``"jit(f)"``), in order: a list
+    that grows while the block runs (JAX's compile log, caught)."""
+    import jax
+
+    compiled: list[str] = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Compiling "):
+                compiled.append(record.getMessage().split(" ")[1])
+
+    logger, handler = logging.getLogger("jax"), Compiles(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield compiled
+    finally:
+        logger.removeHandler(handler)
