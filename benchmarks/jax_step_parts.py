@@ -7,14 +7,15 @@ For each size (bench.py's models: float32, plain SGD, CPU) it times, round-robin
 
 - ``jax.jit``: the yardstick (methods.jax_jit_method);
 - ``captured step``: ``pm.compile_step``'s step, everything included;
-- ``compiled call``: the step's compiled function alone, called with the arrays the step would
-  pass (no input checks, nothing handed back to the model). It returns the gradients, as the
-  step must (``model.gradients()`` after each call);
-- two ablations the step's contract does not allow, to size what the gradients cost: the same
-  function returning no gradients, and returning them packed into one flat buffer.
+- ``compiled call``: the step's pure function alone, jitted, called with the arrays the step
+  would pass (no input checks, nothing handed back to the model), returning the gradients one
+  array each, or packed into one array (as the step does for a model of at most
+  ``_PACKED_GRADIENTS_MAX`` parameters: ``model.gradients()`` unpacks them when read);
+- an ablation the step's contract does not allow, to size what the gradients cost: the same
+  function returning no gradients.
 
-The difference between the first two rows is Python around the call; between the call and the
-ablations, the gradient outputs. Prints a Markdown table; nothing here is a test.
+The difference between the captured step and its compiled call is Python around the call;
+between the calls, the gradient outputs. Prints a Markdown table; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from portable_mlp.compiled import StepPlan
 
 
 def compiled_call(size: methods.Size, p: Any, outputs: str) -> Callable[[], Any]:
-    """The captured step's pure function, jitted with parameters and state donated as
-    ``compile_step`` does; ``outputs``: "gradients", "none" or "packed"."""
+    """The captured step's pure function, jitted with parameters, state and count donated as
+    ``compile_step`` does; ``outputs``: "gradients" (one array each), "packed" or "none"."""
     model, loss, opt, x, y = methods.build_pm(size, p)
     plan = StepPlan(model, loss, opt, 0.0)
 
@@ -47,13 +48,15 @@ def compiled_call(size: methods.Size, p: Any, outputs: str) -> Callable[[], Any]
             grads = [jnp.concatenate([g.reshape(-1) for g in grads])]
         return params, state, count, grads, value
 
-    jitted = jax.jit(function, donate_argnums=(0, 1))
+    jitted = jax.jit(function, donate_argnums=(0, 1, 3))
     lr, steps = p.asarray(methods.LR), p.zeros(())
-    held = {"params": plan.params(), "state": opt.state}
+    held = {"params": plan.params(), "state": opt.state, "steps": steps}
 
     def call() -> Any:
-        params, state, _, _, value = jitted(held["params"], held["state"], lr, steps, x, y)
-        held["params"], held["state"] = params, state
+        params, state, count, _, value = jitted(
+            held["params"], held["state"], lr, held["steps"], x, y
+        )
+        held["params"], held["state"], held["steps"] = params, state, count
         return value
 
     return call
@@ -65,9 +68,9 @@ def methods_of(size: methods.Size, p: Any) -> dict[str, Callable[[], Any]]:
     return {
         "jax.jit": jit.step,
         "captured step": captured.step,
-        "compiled call (gradients out)": compiled_call(size, p, "gradients"),
+        "compiled call, gradients one by one": compiled_call(size, p, "gradients"),
+        "compiled call, gradients packed": compiled_call(size, p, "packed"),
         "ablation: no gradients out": compiled_call(size, p, "none"),
-        "ablation: gradients packed": compiled_call(size, p, "packed"),
     }
 
 

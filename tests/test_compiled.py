@@ -360,6 +360,56 @@ def test_jax_traces_once_per_batch_shape(monkeypatch: pytest.MonkeyPatch) -> Non
     assert traces == [(N, SIZES[0]), (5, SIZES[0]), (N, SIZES[0])], traces
 
 
+def test_jax_leaves_a_small_models_gradients_packed_until_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JAX packs a small model's gradients into one output: they are unpacked, once, when first
+    read, and equal the eager step's; a copy or pickle taken right after a step holds them; an
+    eager step replaces them; a model above the bound gets them one by one."""
+    if "jax" not in SELECTED:
+        pytest.skip("JAX is not among this run's backends")
+    import copy
+    import pickle
+
+    from portable_mlp._backend import _PACKED_GRADIENTS_MAX
+
+    unpacks = []
+    real = StepPlan.unpacked
+    monkeypatch.setattr(StepPlan, "unpacked", lambda *a: unpacks.append(1) or real(*a))
+    case = Case("jax", None, "jax")
+    config = Config(lambda m: pm.Adam(m, lr=0.01), pm.CrossEntropyLoss, "labels")
+    eager, captured = _pair(case, "float32", config)
+    model, loss, opt, _ = captured
+    step = pm.compile_step(model, loss, opt)
+    leaves = [leaf for _, leaf, _ in model._slots]
+    x, y = _batch(case, "float32", "labels", seed=0)
+    for _ in range(2):
+        step(x, y)
+        pm.train_step(*eager[:3], x, y)
+    assert all(leaf._pending is not None for leaf in leaves) and not unpacks
+    _assert_same_state(eager, captured, case, "float32", "packed")  # reads every gradient
+    assert unpacks == [1] and all(leaf._pending is None for leaf in leaves)
+    for make_copy in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+        step(x, y)
+        pm.train_step(*eager[:3], x, y)
+        assert all(leaf._pending is not None for leaf in leaves)
+        copied = make_copy(model)
+        for k, g in eager[0].gradients().items():
+            expected = pm.to_numpy(g)
+            got = copied.gradients()[k]
+            assert_close(got, expected, case=case, dtype="float32", tol=1e-5, what=f"copy {k}")
+    step(x, y)
+    pm.train_step(model, loss, opt, x, y)  # an eager step after a packed one: its own
+    assert all(leaf._pending is None for leaf in leaves) and len(unpacks) == 3
+    big = pm.MLP([200, 90, 1], rng=0, **case.model_kwargs("float32"))
+    assert sum(p.size for p in big.parameters().values()) > _PACKED_GRADIENTS_MAX
+    big_step = pm.compile_step(big, pm.BCEWithLogitsLoss(), pm.SGD(big, lr=0.1))
+    rng = np.random.default_rng(0)
+    xb, yb = (case.array(a, "float32") for a in (rng.normal(size=(8, 200)), np.ones((8, 1))))
+    big_step(xb, yb)
+    assert all(leaf._pending is None for _, leaf, _ in big._slots)
+
+
 # ---------------------------------------------------------------------------- the captured epoch
 def _captures_epochs(case: Case) -> bool:
     """Whether ``case``'s backend captures whole epochs in ``fit`` (the others step them)."""

@@ -18,6 +18,7 @@ backend; the compilers and graph APIs are called from ``_backend``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,7 +62,7 @@ def predict_function(
 ) -> Callable[[Array], Array]:
     """``x -> then(model(x), placement)`` for prediction (nothing kept for a backward), ``x``
     already checked: one compiled call where the backend compiles functions (its table entry's
-    ``capture_forward``; JAX, where each eager operation would compile for every new batch
+    ``capture_function``; JAX, where each eager operation would compile for every new batch
     shape), else the eager calls. ``then`` maps the outputs row by row (probabilities,
     labels); pass a module-level function: the function made for it is kept on the model
     (``_predictions``, which copies and pickles leave out) and given again for the same
@@ -86,7 +87,7 @@ def predict_function(
             for (leaf, attr), p in zip(slots, saved, strict=True):
                 setattr(leaf, attr, p)
 
-    compiled = where.backend.capture_forward(predict)
+    compiled = where.backend.capture_function(predict)
     if compiled is None:
         made[then] = outputs
     else:
@@ -156,6 +157,11 @@ class StepPlan:
         # Multiply-adds per batch row of the largest matrix product (a backend may pick its
         # threading by the size of the work).
         self.widest = max((m.p_in * m.p_out for m in linears), default=0)
+        # The parameters' shapes and count; whether every layer can take packed gradients.
+        self.shapes = [tuple(p.shape) for p in self.params()]
+        self.size = sum(math.prod(s) for s in self.shapes)
+        self.packable = all(isinstance(leaf, Linear) for leaf, _ in self._leaves)
+        self._split: Callable[[Array], list[Array]] | None = None
         self._array_types: set[type] = set()
         optimizer.init_state()
         self._settings = self.settings()  # those the optimizer's state was made for
@@ -280,10 +286,37 @@ class StepPlan:
             self.set_params(saved[0])
             opt.state = saved[1]
 
-    def functional(self, compiled: Callable[..., Any]) -> Step:
-        """The step calling ``compiled``, a compiled :meth:`captured_step` that may take its
-        parameters, state and count as donations; its outputs become the model's parameters
-        and gradients and the optimizer's state."""
+    def packed_step(
+        self, *args: Any, settings: Any = None
+    ) -> tuple[list[Array], Any, Array, Array, Array]:
+        """:meth:`captured_step` (the same arguments) with the gradients packed into one 1-d
+        array, in slot order (:meth:`unpacked` splits it)."""
+        params, state, count, grads, value = self.captured_step(*args, settings=settings)
+        xp = self.xp
+        return params, state, count, xp.concat([xp.reshape(g, (-1,)) for g in grads]), value
+
+    def unpacked(self, flat: Array) -> list[Array]:
+        """The gradients :meth:`packed_step` packed into ``flat``, in slot order (one compiled
+        call where the backend compiles functions)."""
+        if self._split is None:
+            xp, shapes = self.xp, self.shapes
+
+            def split(flat: Array) -> list[Array]:
+                out, at = [], 0
+                for shape in shapes:
+                    n = math.prod(shape)
+                    out.append(xp.reshape(flat[at : at + n], shape))
+                    at += n
+                return out
+
+            self._split = self.placement.backend.capture_function(split) or split
+        return self._split(flat)
+
+    def functional(self, compiled: Callable[..., Any], *, packed: bool = False) -> Step:
+        """The step calling ``compiled``, a compiled :meth:`captured_step` (``packed``:
+        :meth:`packed_step`) that may take its parameters, state and count as donations; its
+        outputs become the model's parameters and gradients (packed: unpacked when first read,
+        :class:`_Packed`) and the optimizer's state."""
         check, opt = self.check, self.optimizer
         scalars = _Scalars(self, in_place=False)
 
@@ -297,7 +330,12 @@ class StepPlan:
             self.set_params(params)
             opt.state = state
             scalars.stepped(count)
-            self.set_grads(grads)
+            if packed:
+                pending = _Packed(self, grads)
+                for leaf, _ in self._leaves:
+                    leaf._leave_packed(pending)  # type: ignore[attr-defined]
+            else:
+                self.set_grads(grads)
             return value
 
         return step
@@ -306,6 +344,20 @@ class StepPlan:
     def graphed(self, capture: GraphCapture) -> Step:
         """The step as CUDA graphs made by ``capture``, one per batch shape (:class:`_Graphed`)."""
         return _Graphed(self, capture)
+
+
+class _Packed:
+    """The gradients of one captured step, packed into one array (a compiled call's outputs
+    each cost more than the copy, for a small model); :meth:`unpack` gives every layer its own
+    (``grads``), which a layer asks for when its gradients are first read."""
+
+    __slots__ = ("flat", "plan")
+
+    def __init__(self, plan: StepPlan, flat: Array) -> None:
+        self.plan, self.flat = plan, flat
+
+    def unpack(self) -> None:
+        self.plan.set_grads(self.plan.unpacked(self.flat))
 
 
 class _Scalars:

@@ -157,15 +157,38 @@ class Linear(Placed, Module):
             raise ValueError(f"init {init!r} returned shape {W.shape}, expected {(p_in, p_out)}")
         self.weight: Array = from_numpy(W, xp=where.xp, dtype=where.dtype, device=where.device)
         self.bias: Array | None = where.zeros((p_out,)) if bias else None
-        self.grads: dict[str, Array] = {}
+        self._pending: Any = None  # gradients a captured step left packed (grads)
+        self.grads = {}
         self._x: Array | None = None
         self._out_shape: tuple[int, ...] | None = None
         self._linear = where.kernels.linear
 
     _transient = ("_x", "_out_shape", "_linear")
 
+    @property
+    def grads(self) -> dict[str, Array]:
+        """dL/dW (``"weight"``) and dL/db (``"bias"``) of the last backward or training step."""
+        if self._pending is not None:  # a captured step left them packed: unpacked once, now
+            self._pending.unpack()
+        return self._grads
+
+    @grads.setter
+    def grads(self, value: dict[str, Array]) -> None:
+        self._grads, self._pending = value, None
+
+    def _leave_packed(self, pending: Any) -> None:
+        """The last step's gradients are in ``pending`` (compiled.py), whose ``unpack()`` sets
+        every layer's ``grads`` when one is first read."""
+        self._pending = pending
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.grads  # noqa: B018 -- unpack gradients left packed, so that a copy holds them
+        return super().__getstate__()
+
     def _rebuild(self) -> None:
         self._linear = self.placement.kernels.linear
+        if "grads" in self.__dict__:  # pickled before gradients could be left packed
+            self._grads, self._pending = self.__dict__.pop("grads"), None
 
     def __repr__(self) -> str:
         extra = "" if self.bias is not None else ", bias=False"

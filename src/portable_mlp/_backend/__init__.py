@@ -240,10 +240,10 @@ class Backend:
         step with its calls looked up once (no compiler, no graph)."""
         return plan.eager()
 
-    def capture_forward(self, fn: Callable[..., Array]) -> Callable[..., Array] | None:
-        """``fn(params, x)`` (a model's prediction as a pure function) compiled, where that pays
-        (JAX: one call instead of an operation at a time, each compiled per new shape); by
-        default None: the caller runs the eager forward."""
+    def capture_function(self, fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``fn``, a pure function of arrays (a model's prediction, the unpacking of packed
+        gradients), compiled where that pays (JAX: one call instead of an operation at a time,
+        each compiled per new shape); by default None: the caller runs ``fn`` eagerly."""
         return None
 
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
@@ -701,15 +701,18 @@ class _Jax(Backend):
 
         # Donated parameters, state and step count let XLA update them in place; the learning
         # rate and count are arrays, so new values never retrace; the optimizer's and loss's
-        # other settings are a static argument, so a changed one traces anew.
-        return plan.functional(
-            jax.jit(plan.captured_step, donate_argnums=(0, 1, 3), static_argnames=("settings",))
-        )
+        # other settings are a static argument, so a changed one traces anew. Each output of a
+        # compiled call costs about a microsecond on the CPU: a small model's gradients come
+        # back packed into one array (unpacked when read), a large one's as they are.
+        packed = plan.packable and plan.size <= _PACKED_GRADIENTS_MAX
+        step = plan.packed_step if packed else plan.captured_step
+        compiled = jax.jit(step, donate_argnums=(0, 1, 3), static_argnames=("settings",))
+        return plan.functional(compiled, packed=packed)
 
-    def capture_forward(self, fn: Callable[..., Array]) -> Callable[..., Array] | None:
+    def capture_function(self, fn: Callable[..., Any]) -> Callable[..., Any] | None:
         import jax
 
-        compiled: Callable[..., Array] = jax.jit(fn)
+        compiled: Callable[..., Any] = jax.jit(fn)
         return compiled
 
     def capture_epoch(self, epoch: Callable[..., Any], device: Any) -> Callable[..., Any] | None:
@@ -725,6 +728,15 @@ class _Jax(Backend):
             static_argnames=("settings",),
         )
         return compiled
+
+
+# The JAX captured step packs the gradients of a model with at most this many parameters into one
+# output. Measured (benchmarks/jax_step_parts.py and the step itself, CPU, float32): at 641
+# parameters (size S) the step takes 0.97-1.16x jax.jit's time packed against 1.47-1.84x
+# unpacked; at 4,810 (digits' 64-64-10) 1.16x against 1.33x; at 50,890 (784-64-10) 1.10x
+# against 0.96x: there the copy into one array costs more than the outputs it saves (and at
+# 269,322, size M, XLA's concatenation took 7x the step).
+_PACKED_GRADIENTS_MAX = 1 << 14
 
 
 @functools.cache
