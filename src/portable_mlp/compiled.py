@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._backend import Array, device, namespace_of
+from ._backend import Array, namespace_of, place_key
 from .layers import Linear, Module
 from .losses import Loss
 from .optim import Optimizer, l2_term
@@ -162,7 +162,9 @@ class StepPlan:
         self.size = sum(math.prod(s) for s in self.shapes)
         self.packable = all(isinstance(leaf, Linear) for leaf, _ in self._leaves)
         self._split: Callable[[Array], list[Array]] | None = None
-        self._array_types: set[type] = set()
+        # (type, dtype and place_key of x; type and place_key of y) of the last batch that
+        # passed the full checks: a batch like it passes (see check()).
+        self._accepted: tuple[Any, ...] | None = None
         optimizer.init_state()
         self._settings = self.settings()  # those the optimizer's state was made for
 
@@ -192,22 +194,23 @@ class StepPlan:
         """The eager step's input checks, before any work: the same errors for a batch of
         another backend, dtype, device or feature count (target shapes are checked in
         :meth:`run`, where the logits' shape is known)."""
-        where = self.placement
+        seen = self._accepted
         if (
-            type(x) in self._array_types
-            and type(y) in self._array_types
-            and x.dtype == where.dtype
+            seen is not None
+            and type(x) is seen[0]
             and x.ndim == 2
             and x.shape[1] == self._features
-            and device(x) == where.device
-            and device(y) == where.device
+            and x.dtype == seen[1]
+            and place_key(x) == seen[2]
+            and type(y) is seen[3]
+            and place_key(y) == seen[4]
         ):
-            return  # what the full checks below accept, tested in fewer calls (no messages)
+            return  # placed as a batch the full checks below accepted, tested in fewer calls
         self.model._check_input(x)
         namespace_of(x, y)
         # x stands in for the logits: same namespace, dtype and device, and 2-d once checked.
         self.loss._check_logits(x, y, self.xp)
-        self._array_types.update((type(x), type(y)))  # array types of this namespace
+        self._accepted = (type(x), x.dtype, place_key(x), type(y), place_key(y))
 
     def run(self, x: Array, y: Array) -> Array:
         """The step on checked inputs: forward, loss, backward, L2 term, update; the loss."""
