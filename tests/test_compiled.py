@@ -401,6 +401,14 @@ def test_jax_leaves_a_small_models_gradients_packed_until_read(
     step(x, y)
     pm.train_step(model, loss, opt, x, y)  # an eager step after a packed one: its own
     assert all(leaf._pending is None for leaf in leaves) and len(unpacks) == 3
+    step(x, y)  # a layer's own backward after a packed step: the others' unpacking keeps it
+    dy = case.array(np.ones((N, leaves[-1].p_out)), "float32")
+    leaves[-1].forward(case.array(np.ones((N, leaves[-1].p_in)), "float32"))
+    leaves[-1].backward(dy)
+    own = pm.to_numpy(leaves[-1].grads["weight"])
+    leaves[0].grads  # noqa: B018 -- unpacks the step's gradients into the other layers
+    assert len(unpacks) == 4 and all(leaf._pending is None for leaf in leaves)
+    np.testing.assert_array_equal(pm.to_numpy(leaves[-1].grads["weight"]), own)
     big = pm.MLP([200, 90, 1], rng=0, **case.model_kwargs("float32"))
     assert sum(p.size for p in big.parameters().values()) > _PACKED_GRADIENTS_MAX
     big_step = pm.compile_step(big, pm.BCEWithLogitsLoss(), pm.SGD(big, lr=0.1))

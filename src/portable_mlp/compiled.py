@@ -240,10 +240,13 @@ class StepPlan:
     def grads(self) -> list[Array]:
         return [leaf.gradients()[attr] for _, leaf, attr in self.slots]
 
-    def set_grads(self, grads: list[Array]) -> None:
-        """Leave ``grads`` (in slot order) where a backward would: each layer's ``grads``."""
+    def set_grads(self, grads: list[Array], pending: Any = None) -> None:
+        """Leave ``grads`` (in slot order) where a backward would: each layer's ``grads``
+        (``pending``: only in the layers still waiting for it to be unpacked; a layer that had
+        a backward since keeps that one's)."""
         for leaf, attrs in self._leaves:
-            leaf.grads = {attr: grads[i] for attr, i in attrs}  # type: ignore[attr-defined]
+            if pending is None or leaf._pending is pending:  # type: ignore[attr-defined]
+                leaf.grads = {attr: grads[i] for attr, i in attrs}  # type: ignore[attr-defined]
 
     @contextmanager
     def swapped(self, lr: Any, steps: Any) -> Iterator[None]:
@@ -360,7 +363,7 @@ class _Packed:
         self.plan, self.flat = plan, flat
 
     def unpack(self) -> None:
-        self.plan.set_grads(self.plan.unpacked(self.flat))
+        self.plan.set_grads(self.plan.unpacked(self.flat), pending=self)
 
 
 class _Scalars:
