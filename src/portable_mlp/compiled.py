@@ -18,6 +18,7 @@ backend; the compilers and graph APIs are called from ``_backend``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ from .optim import Optimizer, l2_term
 
 #: ``step(x, y) -> loss``: what :func:`compile_step` returns.
 Step = Callable[[Array, Array], Array]
+
+#: (key, leaf layer, attribute) of each parameter of a model, in its order.
+Slots = list[tuple[str, Module, str]]
 
 #: ``capture(body, warmup) -> (replay, outputs)``: a backend's CUDA-graph capture of ``body``
 #: after running ``warmup`` on a side stream; ``replay()`` reruns the captured work.
@@ -71,33 +75,48 @@ def predict_function(
     if then in made:
         return made[then]
     where: Any = model.placement  # type: ignore[attr-defined]
-    slots = [(leaf, attr) for _, leaf, attr in _slots(model)]
+    slots = _slots(model)
 
     def outputs(x: Array) -> Array:
         z = model._forward(x, False)
         return z if then is None else then(z, where)
 
     def predict(params: list[Array], x: Array) -> Array:
-        saved = [getattr(leaf, attr) for leaf, attr in slots]
-        for (leaf, attr), p in zip(slots, params, strict=True):
-            setattr(leaf, attr, p)
-        try:
+        with _params_in(slots, params):
             return outputs(x)
-        finally:
-            for (leaf, attr), p in zip(slots, saved, strict=True):
-                setattr(leaf, attr, p)
 
     compiled = where.backend.capture_function(predict)
     if compiled is None:
         made[then] = outputs
     else:
-        made[then] = lambda x: compiled([getattr(leaf, attr) for leaf, attr in slots], x)
+        made[then] = lambda x: compiled(_params(slots), x)
     return made[then]
 
 
-def _slots(model: Module) -> list[tuple[str, Module, str]]:
+def _slots(model: Module) -> Slots:
     """(key, leaf layer, attribute) of every parameter of ``model``, in its order."""
     return list(getattr(model, "_slots", None) or [(k, model, k) for k in model.parameters()])
+
+
+def _params(slots: Slots) -> list[Array]:
+    return [getattr(leaf, attr) for _, leaf, attr in slots]
+
+
+def _set_params(slots: Slots, params: list[Array]) -> None:
+    for (_, leaf, attr), p in zip(slots, params, strict=True):
+        setattr(leaf, attr, p)
+
+
+@contextmanager
+def _params_in(slots: Slots, params: list[Array]) -> Iterator[None]:
+    """Run with ``params`` (in slot order) in the model's layers, for a tracing compiler; the
+    model's own arrays are put back afterwards, whatever happens."""
+    saved = _params(slots)
+    _set_params(slots, params)
+    try:
+        yield
+    finally:
+        _set_params(slots, saved)
 
 
 def backward_and_update(
@@ -145,7 +164,7 @@ class StepPlan:
         self.placement = optimizer.placement
         self.xp = self.placement.xp
         # (key, leaf layer, attribute) of every parameter, in the model's order.
-        self.slots = _slots(model)
+        self.slots: Slots = _slots(model)
         # Each parameter-holding layer, with the (attribute, slot index) of its gradients.
         leaves: dict[int, tuple[Module, list[tuple[str, int]]]] = {}
         for i, (_, leaf, attr) in enumerate(self.slots):
@@ -231,11 +250,14 @@ class StepPlan:
 
     # ---- the values a capture swaps
     def params(self) -> list[Array]:
-        return [getattr(leaf, attr) for _, leaf, attr in self.slots]
+        return _params(self.slots)
 
     def set_params(self, params: list[Array]) -> None:
-        for (_, leaf, attr), p in zip(self.slots, params, strict=True):
-            setattr(leaf, attr, p)
+        _set_params(self.slots, params)
+
+    def params_in(self, params: list[Array]) -> contextlib.AbstractContextManager[None]:
+        """Run with ``params`` in the model (its own put back afterwards, whatever happens)."""
+        return _params_in(self.slots, params)
 
     def grads(self) -> list[Array]:
         return [leaf.gradients()[attr] for _, leaf, attr in self.slots]
@@ -280,17 +302,13 @@ class StepPlan:
         the concrete arrays are put back afterwards, whatever happens.
         """
         opt = self.optimizer
-        saved = self.params(), opt.state
-        self.set_params(params)
-        opt.state = state
+        saved, opt.state = opt.state, state
         try:
-            with self.swapped(lr, steps):
+            with self.params_in(params), self.swapped(lr, steps):
                 value = self.run(x, y)
-                count = opt.steps
-            return self.params(), opt.state, count, self.grads(), value
+                return self.params(), opt.state, opt.steps, self.grads(), value
         finally:
-            self.set_params(saved[0])
-            opt.state = saved[1]
+            opt.state = saved
 
     def packed_step(
         self, *args: Any, settings: Any = None

@@ -706,10 +706,6 @@ class _CapturedEpoch:
             losses = xp.concat([losses, xp.reshape(value, (1,))])
         params, state, _, grads = carry
         summed = xp.sum(losses)
-        saved = plan.params()
-        plan.set_params(params)  # the report on the new weights
-        try:
+        with plan.params_in(params):  # the report on the new weights
             report = run._report(summed, validation, eval_set)
-        finally:
-            plan.set_params(saved)
         return params, state, grads, losses, summed, report
